@@ -1,0 +1,39 @@
+# Each target installs what it needs: a fresh clone runs `make demo` or `make test` directly.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test dev bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the CPU build on this disk instead of a multi-GB CUDA one.
+	$(BIN)/pip install --quiet torch==2.13.0
+	# llama-cpp-python builds from source the first time (~9 min on 2 cores); pip caches the wheel.
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# llama.cpp's converter and vocabularies, from the same pinned release (checksum verified).
+	$(BIN)/python -m mochi_pipeline.llama_cpp_vendor
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mochi run --all
+	$(BIN)/mochi report
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+dev: $(STAMP)
+	$(BIN)/mochi ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/data_prep.py .
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/serving.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check mochi_pipeline mochi_pipeline_tests benchmarks
+
+clean:
+	rm -rf $(VENV) .mochi

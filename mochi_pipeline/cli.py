@@ -1,0 +1,270 @@
+"""The ``mochi`` command: init, run, status, report, export, serve, ui.
+
+Every command works on the project found from the current directory (or ``--config``) and keeps
+Dagster's run history in ``$DAGSTER_HOME`` or ``<artifacts>/dagster_home``, so the web UI and the
+command line see the same runs and the same staleness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from mochi_pipeline.config import CONFIG_ENV, CONFIG_FILE, ConfigError, MochiConfig, load_config
+from mochi_pipeline.storage import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the mochi checkout (workspace.yaml, dagster.yaml)
+EXPORT_ASSETS = ("gguf_model", "gguf_lora_adapter", "ollama_modelfile")
+
+
+class CLIError(Exception):
+    """An error already worded for the person at the terminal."""
+
+
+# --- shared plumbing -------------------------------------------------------------------------
+
+
+def _dagster_home(cfg: MochiConfig) -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or cfg.artifacts_path / "dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    template = REPO_ROOT / "dagster.yaml"
+    if template.is_file() and not (home / "dagster.yaml").exists():
+        shutil.copyfile(template, home / "dagster.yaml")
+    return home
+
+
+def _instance(cfg: MochiConfig):
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(_dagster_home(cfg))
+    return dg.DagsterInstance.get()
+
+
+def _defs():
+    from mochi_pipeline.definitions import defs
+
+    return defs
+
+
+def _observe_repository(defs, instance) -> None:
+    """Record the repository's current commit, so staleness reflects new commits."""
+    import dagster as dg
+
+    sources = [a for a in defs.assets if isinstance(a, dg.SourceAsset) and a.is_observable]
+    dg.observe(sources, instance=instance, resources=defs.resources)
+
+
+def _stale_keys(defs, instance) -> dict:
+    """Every materializable asset with its status (FRESH / STALE / MISSING) and causes."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+
+    graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    out = {}
+    for key in graph.toposorted_asset_keys:
+        if not graph.get(key).is_materializable:
+            continue
+        status = resolver.get_status(key)
+        causes = [f"{c.key.asset_key.to_user_string()}: {c.reason}" for c in resolver.get_stale_root_causes(key)]
+        if instance.get_latest_materialization_event(key) is None:
+            out[key] = ("MISSING", ["never materialized"])
+        else:
+            out[key] = (status.value, causes)
+    return out
+
+
+def _select(defs, names: Sequence[str]) -> list:
+    graph = defs.resolve_asset_graph()
+    known = {k.to_user_string(): k for k in graph.materializable_asset_keys}
+    keys = []
+    for name in names:
+        upstream = name.startswith("+")
+        key = known.get(name.lstrip("+"))
+        if key is None:
+            raise CLIError(f"Unknown asset '{name.lstrip('+')}'. Known assets: {', '.join(sorted(known))}.")
+        keys.append(key)
+        if upstream:
+            keys.extend(k for k in graph.get_ancestor_asset_keys(key) if k in known.values())
+    order = {k: i for i, k in enumerate(graph.toposorted_asset_keys)}
+    return sorted(set(keys), key=order.__getitem__)
+
+
+def _execute(defs, instance, keys: list) -> None:
+    import dagster as dg
+
+    if not keys:
+        print("Nothing to do: every asset is up to date.")
+        return
+    job = defs.resolve_implicit_global_asset_job_def()
+    print(f"Materializing {len(keys)} asset(s): {', '.join(k.to_user_string() for k in keys)}", flush=True)
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=keys,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    if not result.success:
+        reasons = []
+        for event in result.all_events:
+            if event.event_type_value == dg.DagsterEventType.STEP_FAILURE.value:
+                err = event.step_failure_data.error
+                while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError",):
+                    err = err.cause
+                reasons.append(f"{event.step_key}: {err.message.strip()}")
+        raise CLIError("The run failed.\n" + "\n".join(reasons) + f"\nRun id: {result.run_id} (details in `mochi ui`).")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_init(args) -> None:
+    from mochi_pipeline.config_template import render_template
+
+    target = Path(args.path).resolve() / CONFIG_FILE
+    if target.exists() and not args.force:
+        raise CLIError(f"{target} already exists. Use --force to overwrite it.")
+    atomic_write_text(target, render_template())
+    gitignore = target.parent / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
+    if ".mochi/" not in lines:
+        atomic_write_text(gitignore, "\n".join([*lines, ".mochi/"]) + "\n")
+    print(f"Wrote {target}. Edit it, then run `mochi run`.")
+
+
+def cmd_run(args) -> None:
+    cfg = load_config()
+    defs, instance = _defs(), _instance(cfg)
+    _observe_repository(defs, instance)
+    if args.select:
+        keys = _select(defs, args.select)
+    elif args.all:
+        keys = [k for k in defs.resolve_asset_graph().toposorted_asset_keys
+                if defs.resolve_asset_graph().get(k).is_materializable]
+    else:
+        keys = [k for k, (status, _) in _stale_keys(defs, instance).items() if status != "FRESH"]
+    _execute(defs, instance, keys)
+    print(f"Done. Artifacts under {cfg.artifacts_path}")
+
+
+def cmd_status(args) -> None:
+    cfg = load_config()
+    defs, instance = _defs(), _instance(cfg)
+    _observe_repository(defs, instance)
+    print(f"Project: {cfg.repo_source} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
+    for key, (status, causes) in _stale_keys(defs, instance).items():
+        print(f"  {status:8} {key.to_user_string()}")
+        for cause in causes[:3]:
+            print(f"           - {cause}")
+
+
+def cmd_report(args) -> None:
+    from mochi_pipeline.report import print_report
+
+    cfg = load_config()
+    print_report(cfg, _instance(cfg), _defs())
+
+
+def cmd_export(args) -> None:
+    cfg = load_config()
+    defs, instance = _defs(), _instance(cfg)
+    _observe_repository(defs, instance)
+    stale = {k for k, (status, _) in _stale_keys(defs, instance).items() if status != "FRESH"}
+    wanted = _select(defs, [f"+{name}" for name in EXPORT_ASSETS])
+    _execute(defs, instance, [k for k in wanted if k in stale or k.to_user_string() in EXPORT_ASSETS])
+    print(f"Exports under {cfg.artifacts_path / 'gguf'}")
+
+
+def cmd_serve(args) -> None:
+    from mochi_pipeline.deployment.server import serve
+
+    cfg = load_config()
+    model = Path(args.model) if args.model else _latest_gguf(cfg, args.quantization)
+    serve(model, host=args.host, port=args.port)
+
+
+def _latest_gguf(cfg: MochiConfig, quantization: str) -> Path:
+    found = sorted((cfg.artifacts_path / "gguf").glob(f"*{quantization}*.gguf"))
+    if not found:
+        raise CLIError(f"No {quantization} GGUF under {cfg.artifacts_path / 'gguf'}. Run `mochi export` first, "
+                       "or pass --model PATH.")
+    return found[-1]
+
+
+def cmd_ui(args) -> None:
+    cfg = load_config()
+    env = {**os.environ, "DAGSTER_HOME": str(_dagster_home(cfg))}
+    workspace = REPO_ROOT / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "mochi_pipeline.definitions"]
+    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", *target, "--host", args.host, "--port", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+    raise SystemExit(subprocess.call(cmd, env=env))
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mochi", description="Build a small language model that knows your project.")
+    p.add_argument("--config", help=f"Path to {CONFIG_FILE} (default: found from the current directory).")
+    p.add_argument("--debug", action="store_true", help="Show full tracebacks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help=f"Write a commented {CONFIG_FILE}.")
+    s.add_argument("path", nargs="?", default=".")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("run", help="Materialize what is missing or stale (or --all, or --select).")
+    s.add_argument("--select", nargs="+", metavar="ASSET", help="Assets to run; prefix '+' adds their upstream.")
+    s.add_argument("--all", action="store_true", help="Rebuild every asset.")
+    s.set_defaults(func=cmd_run)
+
+    sub.add_parser("status", help="Show which assets are fresh, stale or missing, and why.").set_defaults(func=cmd_status)
+    sub.add_parser("report", help="Print what the last runs produced.").set_defaults(func=cmd_report)
+    sub.add_parser("export", help="Build GGUF files and the Ollama Modelfile.").set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible server (+ /infill) over the exported GGUF.")
+    s.add_argument("--model", help="GGUF file (default: the latest exported one).")
+    s.add_argument("--quantization", default="q8_0")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("ui", help="Open the Dagster web UI on this project.")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=3000)
+    s.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("Interrupted; finished work is kept and the next run resumes from it.", file=sys.stderr)
+        return 130
+    except (CLIError, ConfigError) as err:
+        print(f"mochi: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # anything else: one readable paragraph, traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"mochi: {type(err).__name__}: {err}\n(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The one project config (``mochi.yaml``), validated once, with errors a person can act on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from mochi_pipeline.data_generation.settings import GenerationSettings
+from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
+from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
+from mochi_pipeline.settings_base import Section
+from mochi_pipeline.training.settings import TrainingSettings
+
+CONFIG_FILE = "mochi.yaml"
+CONFIG_ENV = "MOCHI_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the person who wrote the file."""
+
+
+class MochiConfig(Section):
+    repo: RepoSettings = Field(default_factory=RepoSettings)
+    artifacts_root: str = Field("", description="Where every artifact is written; '' = <repository>/.mochi (git-ignored).")
+    sources: SourceSettings = Field(default_factory=SourceSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+
+    # Filled in by ``load_config``: the directory relative paths are resolved against.
+    base_dir: str = Field("", exclude=True, description="Directory of mochi.yaml (internal).")
+
+    @property
+    def is_remote(self) -> bool:
+        from mochi_pipeline.ingestion.git_connector import is_remote_source
+
+        return is_remote_source(self.repo.source)
+
+    @property
+    def repo_source(self) -> str:
+        """The repository as an absolute local path, or the remote URL unchanged."""
+        if self.is_remote:
+            return self.repo.source
+        return str((Path(self.base_dir or ".") / self.repo.source).resolve())
+
+    @property
+    def artifacts_path(self) -> Path:
+        if self.artifacts_root:
+            root = Path(os.path.expanduser(self.artifacts_root))
+            return (root if root.is_absolute() else Path(self.base_dir) / root).resolve()
+        base = Path(self.base_dir) if self.is_remote else Path(self.repo_source)
+        return (base / ".mochi").resolve()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid config in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `mochi init` writes a commented example)"
+        lines.append(f"  - {loc} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def git_toplevel(start: Path) -> Path | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+            capture_output=True, text=True, check=True,
+        )
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    return Path(out.stdout.strip())
+
+
+def find_config(start: str | os.PathLike | None = None) -> Path | None:
+    """``$MOCHI_CONFIG``, else ``mochi.yaml`` in ``start`` or its git top level, else None."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={env} does not name a file. Point it at a mochi.yaml or unset it.")
+        return path.resolve()
+    start = Path(start or os.getcwd()).resolve()
+    for d in (start, git_toplevel(start)):
+        if d is not None and (d / CONFIG_FILE).is_file():
+            return (d / CONFIG_FILE).resolve()
+    return None
+
+
+def parse_config(data: dict[str, Any], base_dir: str | os.PathLike, source: str = CONFIG_FILE) -> MochiConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (repo:, sources:, ...), got {type(data).__name__}.")
+    try:
+        return MochiConfig.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> MochiConfig:
+    """Load ``path`` (or the config found from ``start``); with no file, defaults for the repo at ``start``."""
+    cfg_path = Path(path) if path else find_config(start)
+    if cfg_path is None:
+        start_dir = Path(start or os.getcwd()).resolve()
+        return parse_config({}, git_toplevel(start_dir) or start_dir, "(defaults)")
+    if not cfg_path.is_file():
+        raise ConfigError(f"Config file {cfg_path} does not exist. Create one with `mochi init`.")
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{cfg_path} is not valid YAML: {err}") from None
+    return parse_config(data, cfg_path.parent, str(cfg_path))

@@ -1,0 +1,315 @@
+"""Dagster assets of the data_generation layer (thin wrappers over the logic modules beside this file)."""
+
+import base64
+import io
+import json
+from collections import Counter
+
+import dagster as dg
+import datasets
+
+from mochi_pipeline.data_generation import commit_pairs as commit_logic
+from mochi_pipeline.data_generation import completion_pairs as completion_logic
+from mochi_pipeline.data_generation import dataset_builder
+from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs as map_docs_to_code
+from mochi_pipeline.data_generation.llm_client import QALLM, AutoQA, QAEndpointError
+from mochi_pipeline.data_generation.qa_generator import qa_pairs as ask_qa_pairs
+from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
+from mochi_pipeline.resources import MochiProject
+from mochi_pipeline.storage import atomic_write_bytes, content_hash
+
+GROUP = "data_generation"
+NO_CODE = (
+    "no code chunks: deduplicated_chunks is empty, so the repository has no files in supported languages "
+    "(python, javascript, typescript, java, go, rust, c, c++) under sources.include; check sources.include/exclude"
+)
+
+
+def _preview(examples: list[TrainingExample], n: int = 3) -> str:
+    if not examples:
+        return "_no examples_"
+    parts = []
+    for ex in examples[:n]:
+        instruction = ex.instruction[:300].replace("\n", " ")
+        response = ex.response[:500].replace("```", "'''")
+        parts.append(f"**{ex.task}** · `{ex.path or '-'}`\n\n> {instruction}\n\n```\n{response}\n```")
+    return "\n\n---\n\n".join(parts)
+
+
+def _examples_output(
+    context: dg.AssetExecutionContext, name: str, examples: list[TrainingExample], missing: str, **metadata: object
+) -> dg.Output[list[TrainingExample]]:
+    if missing:
+        context.log.warning(f"{name}: {missing}; produced {len(examples)} examples.")
+    else:
+        context.log.info(f"{name}: produced {len(examples)} examples.")
+    return dg.Output(
+        examples,
+        data_version=dg.DataVersion(content_hash(*(ex.model_dump_json() for ex in examples))),
+        metadata={
+            "n_examples": len(examples),
+            "by_task": dg.MetadataValue.json(dict(Counter(ex.task for ex in examples))),
+            "missing": missing or "nothing",
+            "preview": dg.MetadataValue.md(_preview(examples)),
+            **metadata,
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"python"}, code_version="1")
+def completion_pairs(
+    context: dg.AssetExecutionContext, project: MochiProject, deduplicated_chunks: list[Chunk]
+) -> dg.Output[list[TrainingExample]]:
+    """Next-line, next-block and fill-in-the-middle (PSM/SPM, StarCoder sentinels) examples cut from code chunks."""
+    gen = project.config.generation
+    result = completion_logic.completion_pairs(
+        deduplicated_chunks, gen.completion, gen.seed, gen.fim_rate, gen.spm_rate
+    )
+    return _examples_output(
+        context,
+        "completion_pairs",
+        result.examples,
+        "" if deduplicated_chunks else NO_CODE,
+        n_chunks=len(deduplicated_chunks),
+        skipped_chunks=dg.MetadataValue.json(dict(result.skipped)),
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"python"}, code_version="1")
+def doc_code_pairs(
+    context: dg.AssetExecutionContext,
+    project: MochiProject,
+    doc_sections: list[DocSection],
+    deduplicated_chunks: list[Chunk],
+) -> dg.Output[list[TrainingExample]]:
+    """Doc sections and docstrings linked to the code they name: "Explain `X`" and "Implement `X` as documented"."""
+    result = map_docs_to_code(doc_sections, deduplicated_chunks)
+    missing = []
+    if not doc_sections:
+        missing.append("no doc sections (no README/docs found): only docstrings were used")
+    if not deduplicated_chunks:
+        missing.append(NO_CODE)
+    return _examples_output(
+        context,
+        "doc_code_pairs",
+        result.examples,
+        "; ".join(missing),
+        n_doc_sections=len(doc_sections),
+        links=dg.MetadataValue.json(dict(result.links)),
+        skipped=dg.MetadataValue.json(dict(result.skipped)),
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "git"}, code_version="1")
+def commit_pairs(
+    context: dg.AssetExecutionContext, project: MochiProject, commit_history: list[Commit]
+) -> dg.Output[list[TrainingExample]]:
+    """Diff -> message and message + code before -> code after; merges, bots, trivial and huge diffs dropped."""
+    result = commit_logic.commit_pairs(commit_history, project.config.generation.commits)
+    missing = ""
+    if not commit_history:
+        missing = "no commit history (a shallow clone, or repo.max_commits: 0)"
+    elif not result.used_commits:
+        missing = f"none of the {len(commit_history)} commits was usable ({dict(result.dropped)})"
+    return _examples_output(
+        context,
+        "commit_pairs",
+        result.examples,
+        missing,
+        n_commits=len(commit_history),
+        used_commits=result.used_commits,
+        dropped_commits=dg.MetadataValue.json(dict(result.dropped)),
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "openai"}, code_version="1")
+def qa_pairs(
+    context: dg.AssetExecutionContext,
+    project: MochiProject,
+    qa_llm: QALLM,
+    deduplicated_chunks: list[Chunk],
+    doc_sections: list[DocSection],
+) -> dg.Output[list[TrainingExample]]:
+    """Question/answer pairs about code symbols, from an OpenAI-compatible endpoint or offline templates."""
+    settings = project.config.generation.qa
+    llm = qa_llm.for_settings(settings)
+    try:
+        examples, batch = ask_qa_pairs(
+            deduplicated_chunks,
+            doc_sections,
+            llm,
+            max_subjects=settings.max_subjects,
+            pairs_per_subject=settings.pairs_per_subject,
+            cache_dir=project.artifacts / "cache" / "qa",
+            log=context.log,
+        )
+    except QAEndpointError as err:
+        raise dg.Failure(description=str(err)) from None
+    missing = (
+        "" if examples else (NO_CODE if not deduplicated_chunks else "no named definitions found in the code chunks")
+    )
+    return _examples_output(
+        context,
+        "qa_pairs",
+        examples,
+        missing,
+        backend=type(llm).__name__,
+        outcomes=dg.MetadataValue.json(dict(batch.outcomes)),
+    )
+
+
+CHECKS = {
+    "schema_valid": "Every row of both splits has the dataset's columns; the HF copy loads with the same columns.",
+    "no_empty_fields": "No row has an empty instruction or response.",
+    "no_train_eval_overlap": "No eval item appears in train (same id, same text or same response).",
+    "mix_within_proportions": "No generator exceeds its generation.dataset.max_generator_share of the training split.",
+}
+
+
+def _why_empty(sources: dict[str, list[TrainingExample]]) -> str:
+    reasons = {
+        "completion_pairs": NO_CODE,
+        "doc_code_pairs": "no doc section names a code symbol and no definition has a docstring",
+        "commit_pairs": "no usable commit (none, or only merges, bot and trivial commits; see commit_pairs metadata)",
+        "qa_pairs": "no named definitions to ask about",
+    }
+    lines = [f"  - {name}: 0 examples ({reasons[name]})" for name, ex in sources.items() if not ex]
+    return "The training dataset would be empty:\n" + "\n".join(lines)
+
+
+def _histogram_png(rows: dict[str, list[dict]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+    for split, items in rows.items():
+        if items:
+            ax.hist([r["n_tokens"] for r in items], bins=30, alpha=0.6, label=f"{split} ({len(items)})")
+    ax.set_xlabel("approximate tokens per example")
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _check_results(artifact: dataset_builder.TrainingDatasetArtifact, max_share: dict[str, float]):
+    rows = {s: _read_jsonl(artifact.jsonl[s]) for s in dataset_builder.SPLITS}
+    columns = set(dataset_builder.FEATURES)
+    bad_schema = [
+        f"{s}:{r.get('id', '?')}"
+        for s, items in rows.items()
+        for r in items
+        if set(r) != columns or [m["role"] for m in r["messages"]] != ["system", "user", "assistant"]
+    ]
+    loaded = datasets.load_from_disk(artifact.hf_path)
+    hf_columns_ok = set(loaded) == {s for s, n in artifact.n_examples.items() if n} and all(
+        set(loaded[s].column_names) == columns for s in loaded
+    )
+    yield dg.AssetCheckResult(
+        check_name="schema_valid",
+        passed=not bad_schema and hf_columns_ok,
+        metadata={
+            "bad_rows": len(bad_schema),
+            "first_bad": ", ".join(bad_schema[:5]) or "none",
+            "hf_columns_ok": hf_columns_ok,
+        },
+    )
+    empty = [
+        r["id"] for items in rows.values() for r in items if not r["instruction"].strip() or not r["response"].strip()
+    ]
+    yield dg.AssetCheckResult(check_name="no_empty_fields", passed=not empty, metadata={"empty_rows": len(empty)})
+
+    def keys(items: list[dict]) -> set[str]:
+        return {r["id"] for r in items} | {" ".join(r["text"].split()) for r in items}
+
+    overlap = keys(rows["train"]) & keys(rows["eval"])
+    yield dg.AssetCheckResult(
+        check_name="no_train_eval_overlap", passed=not overlap, metadata={"overlapping": len(overlap)}
+    )
+    violations = dataset_builder.mix_violations(rows["train"], max_share)
+    yield dg.AssetCheckResult(
+        check_name="mix_within_proportions",
+        passed=not violations,
+        metadata={"violations": dg.MetadataValue.json(violations), "limits": dg.MetadataValue.json(max_share)},
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"huggingface", "json"},
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text) for name, text in CHECKS.items()],
+)
+def training_dataset(
+    context: dg.AssetExecutionContext,
+    project: MochiProject,
+    completion_pairs: list[TrainingExample],
+    doc_code_pairs: list[TrainingExample],
+    commit_pairs: list[TrainingExample],
+    qa_pairs: list[TrainingExample],
+):
+    """All examples, split by time into train/eval, decontaminated, mixed, saved as HF datasets + JSONL."""
+    gen = project.config.generation
+    sources = {
+        "completion_pairs": completion_pairs,
+        "doc_code_pairs": doc_code_pairs,
+        "commit_pairs": commit_pairs,
+        "qa_pairs": qa_pairs,
+    }
+    if not any(sources.values()):
+        raise dg.Failure(description=_why_empty(sources))
+    empty_sources = [name for name, ex in sources.items() if not ex]
+    if empty_sources:
+        context.log.warning(f"These generators produced nothing: {', '.join(empty_sources)}.")
+    examples = [ex for items in sources.values() for ex in items]
+    split = dataset_builder.split_examples(
+        examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share
+    )
+    try:
+        artifact = dataset_builder.write_dataset(split, project.artifacts / "dataset")
+    except dataset_builder.EmptyDatasetError as err:
+        raise dg.Failure(description=f"The training split would be empty: {err}.") from None
+    context.log.info(f"training_dataset: {artifact.n_examples} examples written to {artifact.path}.")
+
+    png = _histogram_png(split.rows)
+    plot_path = atomic_write_bytes(project.path("reports", "training_dataset_token_lengths.png"), png)
+    samples = [
+        TrainingExample(**{k: r[k] for k in TrainingExample.model_fields if k in r and k != "raw_text"})
+        for r in split.rows["train"][:3]
+    ]
+    yield dg.Output(
+        artifact,
+        data_version=dg.DataVersion(artifact.content_hash),
+        metadata={
+            "path": dg.MetadataValue.path(artifact.path),
+            "n_examples": dg.MetadataValue.json(artifact.n_examples),
+            "n_tokens": dg.MetadataValue.json(artifact.n_tokens),
+            "by_generator": dg.MetadataValue.json(artifact.counts),
+            "by_task": dg.MetadataValue.json(artifact.task_counts),
+            "dropped": dg.MetadataValue.json(artifact.dropped),
+            "eval_sources": dg.MetadataValue.json(artifact.eval_sources),
+            "empty_generators": ", ".join(empty_sources) or "none",
+            "token_lengths": dg.MetadataValue.md(
+                f"![token lengths](data:image/png;base64,{base64.b64encode(png).decode()})"
+            ),
+            "token_lengths_png": dg.MetadataValue.path(str(plot_path)),
+            "samples": dg.MetadataValue.md(_preview(samples)),
+        },
+    )
+    yield from _check_results(artifact, gen.dataset.max_generator_share)
+
+
+defs = dg.Definitions(
+    assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, training_dataset],
+    resources={"qa_llm": AutoQA()},
+)

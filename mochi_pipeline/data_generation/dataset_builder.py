@@ -1,0 +1,288 @@
+"""The training dataset: examples of every generator, split by time, decontaminated, mixed, saved.
+
+1. exact duplicates (same instruction, context and response) are dropped;
+2. eval = the newest sources (a commit, else a file) up to ``eval_time_share`` of the examples, plus
+   a seeded ``eval_random_share`` of the rest (drawn per example, so independent of order);
+3. training examples that equal an eval item (same response or same text) or are near duplicates of
+   one (MinHash over token n-grams, estimated Jaccard >= threshold) are dropped;
+4. generators above their ``max_generator_share`` of the training split are downsampled (seeded);
+5. the rows are written as an HF ``DatasetDict`` and one JSONL file per split, in one atomic step.
+Each row carries three forms: instruction/context/response, chat ``messages``, and raw ``text``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasketch import MinHash, MinHashLSH
+from pydantic import Field
+
+from mochi_pipeline.data_generation.settings import DatasetSettings
+from mochi_pipeline.records import Record, TrainingExample
+from mochi_pipeline.storage import atomic_directory, content_hash
+
+SPLITS = ("train", "eval")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "instruction": datasets.Value("string"),
+        "context": datasets.Value("string"),
+        "response": datasets.Value("string"),
+        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "text": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "generator": datasets.Value("string"),
+        "path": datasets.Value("string"),
+        "commit": datasets.Value("string"),
+        "language": datasets.Value("string"),
+        "date": datasets.Value("string"),
+        "n_tokens": datasets.Value("int64"),
+    }
+)
+
+
+class EmptyDatasetError(ValueError):
+    """No training example could be made; the message says which inputs were missing."""
+
+
+class TrainingDatasetArtifact(Record):
+    """Where the dataset lives and what is in it."""
+
+    path: str = Field(
+        description="Dataset directory: hf/ (DatasetDict.save_to_disk), train.jsonl, eval.jsonl, manifest.json."
+    )
+    hf_path: str
+    jsonl: dict[str, str] = Field(description="split -> JSONL file.")
+    counts: dict[str, dict[str, int]] = Field(description="generator -> split -> examples.")
+    task_counts: dict[str, dict[str, int]] = Field(description="task -> split -> examples.")
+    n_examples: dict[str, int] = Field(description="split -> examples.")
+    n_tokens: dict[str, int] = Field(description="split -> approximate tokens (words and punctuation marks).")
+    dropped: dict[str, int] = Field(description="reason -> examples dropped while building.")
+    eval_sources: list[str] = Field(description="Commits/files held out by time (newest first).")
+    content_hash: str
+
+
+@dataclass
+class SplitResult:
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+    eval_sources: list[str] = field(default_factory=list)
+
+
+def example_id(ex: TrainingExample) -> str:
+    return content_hash(ex.task, ex.instruction, ex.context, ex.response)
+
+
+def instruction_text(ex: TrainingExample) -> str:
+    return f"{ex.instruction}\n\n{ex.context}".rstrip() if ex.context.strip() else ex.instruction
+
+
+def raw_text(ex: TrainingExample) -> str:
+    return ex.raw_text or f"{instruction_text(ex)}\n\n{ex.response}"
+
+
+def approx_tokens(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def to_row(ex: TrainingExample, system_prompt: str) -> dict:
+    text = raw_text(ex)
+    return {
+        "id": example_id(ex),
+        "instruction": ex.instruction,
+        "context": ex.context,
+        "response": ex.response,
+        "messages": [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": instruction_text(ex)},
+            {"role": "assistant", "content": ex.response},
+        ],
+        "text": text,
+        "task": ex.task,
+        "generator": ex.generator,
+        "path": ex.path,
+        "commit": ex.commit,
+        "language": ex.language,
+        "date": ex.date,
+        "n_tokens": approx_tokens(text),
+    }
+
+
+def source_key(ex: TrainingExample) -> str:
+    """The unit held out by time: a commit when the example comes from one, else its file."""
+    return f"commit:{ex.commit}" if ex.commit else f"file:{ex.path}"
+
+
+def time_split(
+    examples: list[TrainingExample], time_share: float, random_share: float, seed: int
+) -> tuple[set[str], list[str]]:
+    """Ids of eval examples (and the sources held out): the newest sources, then a per-example seeded random share."""
+    newest: dict[str, str] = {}
+    sizes: Counter = Counter()
+    for ex in examples:
+        key = source_key(ex)
+        newest[key] = max(newest.get(key, ""), ex.date)
+        sizes[key] += 1
+    budget = math.floor(time_share * len(examples))
+    held: list[str] = []
+    taken = 0
+    # Newest first; sources without a date (and ties) come in a seeded order, so undated input still gets an eval split.
+    order = sorted(newest, key=lambda k: (newest[k], random.Random(f"{seed}:{k}").random()), reverse=True)
+    for key in order:
+        if taken + sizes[key] > budget or len(held) + 1 >= len(newest):
+            continue  # a big source may not fit; smaller, slightly older ones still can
+        held.append(key)
+        taken += sizes[key]
+    held_set = set(held)
+    eval_ids = {example_id(ex) for ex in examples if source_key(ex) in held_set}
+    for ex in examples:
+        ex_id = example_id(ex)
+        if ex_id not in eval_ids and random.Random(f"{seed}:{ex_id}").random() < random_share:
+            eval_ids.add(ex_id)
+    if not eval_ids and (time_share or random_share) and len(examples) > 1:
+        # Every source was bigger than the eval budget: still evaluate on something (one seeded pick).
+        eval_ids.add(min((example_id(ex) for ex in examples), key=lambda i: random.Random(f"{seed}:{i}").random()))
+    return eval_ids, held
+
+
+def _shingles(text: str, n: int) -> set[bytes]:
+    tokens = _TOKEN.findall(text.lower())
+    if len(tokens) <= n:
+        return {" ".join(tokens).encode("utf-8")}
+    return {" ".join(tokens[i : i + n]).encode("utf-8") for i in range(len(tokens) - n + 1)}
+
+
+def _minhash(text: str, settings: DatasetSettings) -> MinHash:
+    m = MinHash(num_perm=settings.decontamination_num_perm, seed=1)
+    m.update_batch(list(_shingles(text, settings.decontamination_ngram)))
+    return m
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def decontaminate(train: list[dict], eval_rows: list[dict], settings: DatasetSettings) -> tuple[list[dict], Counter]:
+    dropped: Counter = Counter()
+    exact = {_normalized(r["text"]) for r in eval_rows} | {
+        _normalized(r["response"]) for r in eval_rows if len(r["response"]) >= 40
+    }
+    lsh = MinHashLSH(threshold=settings.decontamination_threshold, num_perm=settings.decontamination_num_perm)
+    eval_hashes = {}
+    for row in eval_rows:
+        eval_hashes[row["id"]] = _minhash(row["text"], settings)
+        lsh.insert(row["id"], eval_hashes[row["id"]])
+    kept = []
+    for row in train:
+        if _normalized(row["text"]) in exact or _normalized(row["response"]) in exact:
+            dropped["exact_overlap_with_eval"] += 1
+            continue
+        mh = _minhash(row["text"], settings)
+        if any(eval_hashes[c].jaccard(mh) >= settings.decontamination_threshold for c in lsh.query(mh)):
+            dropped["near_duplicate_of_eval"] += 1
+            continue
+        kept.append(row)
+    return kept, dropped
+
+
+def cap_shares(rows: list[dict], max_share: dict[str, float], seed: int) -> tuple[list[dict], Counter]:
+    """Downsample generators above their maximum share of ``rows`` (seeded, lowest ranks kept)."""
+    dropped: Counter = Counter()
+    by_gen: dict[str, list[dict]] = {}
+    for row in rows:
+        by_gen.setdefault(row["generator"], []).append(row)
+    for _ in range(len(by_gen) + 1):  # capping one generator raises the others' shares; a few passes settle it
+        total = sum(len(v) for v in by_gen.values())
+        changed = False
+        for gen, items in by_gen.items():
+            cap = max_share.get(gen, 1.0)
+            if cap >= 1.0 or len(items) <= cap * total:
+                continue
+            others = total - len(items)
+            limit = math.floor(cap * others / (1 - cap)) if others else len(items)
+            if limit < len(items):
+                items.sort(key=lambda r: random.Random(f"{seed}:{r['id']}").random())
+                dropped[f"over_max_share:{gen}"] += len(items) - limit
+                by_gen[gen] = items[:limit]
+                changed = True
+        if not changed:
+            break
+    kept_ids = {r["id"] for items in by_gen.values() for r in items}
+    return [r for r in rows if r["id"] in kept_ids], dropped
+
+
+def mix_violations(rows: list[dict], max_share: dict[str, float]) -> dict[str, float]:
+    """generator -> its share, for every generator above its maximum (empty when the mix is fine)."""
+    counts = Counter(r["generator"] for r in rows)
+    total = sum(counts.values())
+    return {g: counts[g] / total for g, cap in max_share.items() if total and counts[g] / total > cap + 1e-9}
+
+
+def split_examples(
+    examples: list[TrainingExample], settings: DatasetSettings, *, seed: int, time_share: float, random_share: float
+) -> SplitResult:
+    result = SplitResult()
+    unique: dict[str, TrainingExample] = {}
+    for ex in examples:
+        if not ex.instruction.strip() or not ex.response.strip():
+            result.dropped["empty_instruction_or_response"] += 1
+        elif example_id(ex) in unique:
+            result.dropped["exact_duplicate"] += 1
+        else:
+            unique[example_id(ex)] = ex
+    ordered = sorted(unique.values(), key=example_id)
+    eval_ids, result.eval_sources = time_split(ordered, time_share, random_share, seed)
+    rows = [to_row(ex, settings.system_prompt) for ex in ordered]
+    eval_rows = [r for r in rows if r["id"] in eval_ids]
+    train, dropped = decontaminate([r for r in rows if r["id"] not in eval_ids], eval_rows, settings)
+    result.dropped.update(dropped)
+    train, dropped = cap_shares(train, settings.max_generator_share, seed)
+    result.dropped.update(dropped)
+    result.rows = {"train": train, "eval": eval_rows}
+    return result
+
+
+def _counts(rows: dict[str, list[dict]], key: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for split, items in rows.items():
+        for name, n in Counter(r[key] for r in items).items():
+            out.setdefault(name, {s: 0 for s in SPLITS})[split] = n
+    return out
+
+
+def write_dataset(split: SplitResult, out_dir: Path) -> TrainingDatasetArtifact:
+    if not split.rows.get("train"):
+        raise EmptyDatasetError("every example went to eval or was dropped; lower generation.eval_time_share")
+    jsonl = {s: "\n".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in split.rows[s]) for s in SPLITS}
+    digest = content_hash(*(jsonl[s] for s in SPLITS))
+    with atomic_directory(out_dir) as tmp:
+        for s in SPLITS:
+            (tmp / f"{s}.jsonl").write_text(jsonl[s] + ("\n" if jsonl[s] else ""), encoding="utf-8")
+        # datasets 5.2 saves an empty split that load_from_disk cannot read back: an empty eval split (only when
+        # both eval shares are 0) lives in eval.jsonl alone.
+        columns = {s: {k: [r[k] for r in split.rows[s]] for k in FEATURES} for s in SPLITS if split.rows[s]}
+        dd = datasets.DatasetDict({s: datasets.Dataset.from_dict(c, features=FEATURES) for s, c in columns.items()})
+        dd.save_to_disk(str(tmp / "hf"))
+        artifact = TrainingDatasetArtifact(
+            path=str(out_dir),
+            hf_path=str(out_dir / "hf"),
+            jsonl={s: str(out_dir / f"{s}.jsonl") for s in SPLITS},
+            counts=_counts(split.rows, "generator"),
+            task_counts=_counts(split.rows, "task"),
+            n_examples={s: len(split.rows[s]) for s in SPLITS},
+            n_tokens={s: sum(r["n_tokens"] for r in split.rows[s]) for s in SPLITS},
+            dropped=dict(split.dropped),
+            eval_sources=split.eval_sources,
+            content_hash=digest,
+        )
+        (tmp / "manifest.json").write_text(artifact.model_dump_json(indent=2), encoding="utf-8")
+    return artifact

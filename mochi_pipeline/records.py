@@ -1,0 +1,102 @@
+"""The records that flow between assets.
+
+Each is a frozen pydantic model so it round-trips through JSONL unchanged (see ``io_manager``).
+Fields only grow; a later layer never needs to re-read the repository to use them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- ingestion -------------------------------------------------------------------------------
+
+
+class SourceFile(Record):
+    """One tracked text file at the selected revision."""
+
+    path: str = Field(description="Path relative to the repository root, '/'-separated.")
+    language: str = Field(description="Language name (python, javascript, markdown, ...) or 'text'.")
+    text: str
+    sha: str = Field(description="Git blob SHA: identical content has the identical key.")
+    size: int = Field(description="Size in bytes.")
+    last_commit_sha: str = ""
+    last_commit_date: str = Field("", description="ISO-8601 committer date of the last change.")
+
+
+class FileDiff(Record):
+    path: str
+    old_path: str = ""
+    status: str = Field(description="A, M, D or R (added, modified, deleted, renamed).")
+    additions: int = 0
+    deletions: int = 0
+    diff: str = Field("", description="Unified diff of this file (empty for binary files).")
+    binary: bool = Field(False, description="True when git treats the file as binary (no line counts, no diff).")
+
+
+class Commit(Record):
+    sha: str
+    parents: list[str]
+    author_name: str
+    author_email: str
+    date: str = Field(description="ISO-8601 committer date.")
+    message: str
+    files: list[FileDiff] = []
+
+
+class CodeBlock(Record):
+    language: str = Field(description="Declared language of the block, '' if none.")
+    code: str
+    start_line: int = 0
+
+
+class DocSection(Record):
+    path: str
+    heading_path: list[str] = Field(description="Headings from the document title down to this section.")
+    text: str
+    code_blocks: list[CodeBlock] = []
+    start_line: int
+    end_line: int
+    format: str = Field(description="markdown, rst, asciidoc or text.")
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+class Chunk(Record):
+    """A piece of source code cut along syntax boundaries, within a token budget."""
+
+    id: str = Field(description="Stable id: hash of path, line range and text.")
+    path: str
+    language: str
+    symbol: str = Field("", description="Qualified name of the definition ('Class.method'), '' if none.")
+    kind: str = Field(description="function, class, module (code between definitions), file, window, or merged.")
+    start_line: int = Field(description="1-based, inclusive.")
+    end_line: int = Field(description="1-based, inclusive.")
+    text: str
+    n_tokens: int
+    context: str = Field("", description="Context header: path, module docstring, imports used, enclosing class.")
+    file_sha: str = ""
+    file_date: str = Field("", description="Commit date of the file's last change (for time-based splits).")
+
+
+# --- data generation -------------------------------------------------------------------------
+
+
+class TrainingExample(Record):
+    """One training example in the design's format, plus its source for lineage."""
+
+    instruction: str
+    context: str = ""
+    response: str
+    task: str = Field(description="next_line, next_block, fim, explain, implement, commit_message, commit_change, qa, ...")
+    generator: str = Field(description="completion_pairs, doc_code_mapping, commit_pairs or qa_generator.")
+    path: str = ""
+    commit: str = ""
+    language: str = ""
+    date: str = Field("", description="Commit date of the source, used for the time split.")
+    raw_text: str = Field("", description="Plain text form for causal LM / FIM training; '' means build from fields.")

@@ -1,0 +1,236 @@
+"""Base vs fine-tuned on the held-out eval split.
+
+- perplexity of the expected answer given its context, per task and per language (token-weighted);
+- next-line completion: greedy-decode one line after the code prefix; exact match and edit
+  similarity (1 - Levenshtein distance / longer length) against the real next line.
+The report is a markdown table plus a PNG; the numbers are kept as JSON for asset checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mochi_pipeline.storage import atomic_write_bytes, atomic_write_text
+from mochi_pipeline.training import base_models
+from mochi_pipeline.training.base_models import ResolvedBase
+from mochi_pipeline.training.plots import comparison_png
+from mochi_pipeline.training.settings import TrainingSettings
+from mochi_pipeline.training.sft_data import Formatter
+
+REPORT_MD = "evaluation.md"
+REPORT_PNG = "evaluation.png"
+REPORT_JSON = "evaluation.json"
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - Levenshtein(a, b) / max(len): 1.0 for equal strings, 0.0 for nothing in common."""
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
+@dataclass
+class Tally:
+    """Sums for one group of examples (a task, a language, or everything)."""
+
+    n: int = 0
+    nll: float = 0.0
+    tokens: int = 0
+    probes: int = 0
+    exact: int = 0
+    edit_sim: float = 0.0
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def exact_match(self) -> float:
+        return self.exact / self.probes if self.probes else float("nan")
+
+    @property
+    def edit_similarity(self) -> float:
+        return self.edit_sim / self.probes if self.probes else float("nan")
+
+    def summary(self) -> dict[str, float | None]:
+        return {"n": self.n, "perplexity": _num(self.perplexity), "next_line_probes": self.probes,
+                "exact_match": _num(self.exact_match), "edit_similarity": _num(self.edit_similarity)}
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: a metric with nothing to measure is None."""
+    return None if math.isnan(x) else round(x, 4)
+
+
+@dataclass
+class ModelScores:
+    overall: Tally = field(default_factory=Tally)
+    by_task: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    by_language: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+
+    def groups(self, row: dict) -> list[Tally]:
+        return [self.overall, self.by_task[row["task"]], self.by_language[row.get("language") or "unknown"]]
+
+    def summary(self) -> dict:
+        return {
+            "overall": self.overall.summary(),
+            "by_task": {k: v.summary() for k, v in sorted(self.by_task.items())},
+            "by_language": {k: v.summary() for k, v in sorted(self.by_language.items())},
+        }
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_len: int) -> tuple[list[int], int]:
+    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts."""
+    full = tokenizer(prompt + completion)["input_ids"]
+    head = tokenizer(prompt)["input_ids"] if prompt else []
+    start = 0
+    while start < min(len(head), len(full)) and head[start] == full[start]:
+        start += 1
+    cut = max(0, len(full) - max_len)
+    return full[cut:], max(1, start - cut)
+
+
+@torch.no_grad()
+def completion_nll(model: PreTrainedModel, ids: list[int], start: int) -> tuple[float, int]:
+    """Summed negative log-likelihood of ids[start:] given what precedes, and its token count."""
+    x = torch.tensor([ids], device=model.device)
+    logits = model(input_ids=x).logits[0, :-1].float()
+    targets = x[0, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[start - 1:], targets[start - 1:], reduction="sum")
+    return nll.item(), len(ids) - start
+
+
+@torch.no_grad()
+def next_line(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prefix: str, max_new: int, max_len: int
+) -> str:
+    """Greedy continuation of ``prefix`` up to the end of the first line."""
+    ids = tokenizer(prefix)["input_ids"][-(max_len - max_new):]
+    x = torch.tensor([ids], device=model.device)
+    out = model.generate(
+        input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    return text.split("\n", 1)[0]
+
+
+def score(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, formatter: Formatter, rows: list[dict],
+    settings: TrainingSettings, log: Callable[[str], None],
+) -> ModelScores:
+    model.eval()
+    scores = ModelScores()
+    for i, row in enumerate(rows, 1):
+        prompt, completion = formatter.scoring_pair(row)
+        ids, start = _encode(tokenizer, prompt, completion, settings.max_seq_length)
+        nll, n_tokens = completion_nll(model, ids, start) if start < len(ids) else (0.0, 0)
+        probe = None
+        if row["task"] == "next_line" and prompt:
+            expected = completion.split("\n", 1)[0].rstrip()
+            got = next_line(model, tokenizer, prompt, settings.eval_max_new_tokens, settings.max_seq_length).rstrip()
+            probe = (got == expected, edit_similarity(got, expected))
+        for tally in scores.groups(row):
+            tally.n += 1
+            tally.nll += nll
+            tally.tokens += n_tokens
+            if probe is not None:
+                tally.probes += 1
+                tally.exact += probe[0]
+                tally.edit_sim += probe[1]
+        if i % 25 == 0:
+            log(f"scored {i}/{len(rows)} eval examples")
+    return scores
+
+
+def eval_rows(split: datasets.Dataset, settings: TrainingSettings) -> list[dict]:
+    """A seeded sample of at most ``eval_max_examples`` rows, in dataset order."""
+    picked = list(range(len(split)))
+    if len(picked) > settings.eval_max_examples:
+        picked = sorted(random.Random(settings.seed).sample(picked, settings.eval_max_examples))
+    return [split[i] for i in picked]
+
+
+def load_tuned(base: ResolvedBase, model: PreTrainedModel, final_dir: Path, method: str) -> PreTrainedModel:
+    """The fine-tuned model: the adapter put onto ``model`` (the base, already scored), or the full weights."""
+    if method == "full":
+        return base_models.load_model(ResolvedBase(base.name, str(final_dir), "", (), None, None))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(final_dir))
+
+
+def evaluate(
+    data: datasets.DatasetDict, base: ResolvedBase, final_dir: Path, method: str, settings: TrainingSettings,
+    out_dir: Path, log: Callable[[str], None] = print,
+) -> dict:
+    """Score base and fine-tuned model on the eval split; write markdown, PNG and JSON into ``out_dir``."""
+    rows = eval_rows(data["eval"], settings)
+    if not rows:
+        raise ValueError("The eval split is empty, so base and fine-tuned cannot be compared; "
+                         "raise generation.eval_time_share or add history to the repository.")
+    tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
+    formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
+    model = base_models.load_model(base, quantize_4bit=method == "qlora")
+    log(f"Scoring the base model on {len(rows)} eval examples")
+    base_scores = score(model, tokenizer, formatter, rows, settings, log)
+    log("Scoring the fine-tuned model")
+    tuned_scores = score(load_tuned(base, model, final_dir, method), tokenizer, formatter, rows, settings, log)
+    report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "n_examples": len(rows)}
+    b, t = report["base"]["overall"], report["fine_tuned"]["overall"]
+    report["fine_tuned_better"] = t["perplexity"] is not None and t["perplexity"] < (b["perplexity"] or math.inf)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1))
+    atomic_write_text(out_dir / REPORT_MD, to_markdown(report))
+    tasks = sorted(report["base"]["by_task"])
+    png = comparison_png(
+        tasks, [report["base"]["by_task"][k]["perplexity"] or 0.0 for k in tasks],
+        [report["fine_tuned"]["by_task"][k]["perplexity"] or 0.0 for k in tasks], "perplexity (lower is better)",
+        "Held-out perplexity per task",
+    )
+    atomic_write_bytes(out_dir / REPORT_PNG, png)
+    log(f"Perplexity base {b['perplexity']} -> fine-tuned {t['perplexity']}")
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def to_markdown(report: dict) -> str:
+    base, tuned = report["base"], report["fine_tuned"]
+    lines = [
+        f"**Held-out evaluation** ({report['n_examples']} examples; perplexity lower is better, exact match and "
+        "edit similarity of greedy next-line completion higher is better)",
+        "",
+        "| group | n | ppl base | ppl tuned | EM base | EM tuned | edit sim base | edit sim tuned |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(label: str, b: dict, t: dict) -> str:
+        return (f"| {label} | {b['n']} | {_fmt(b['perplexity'])} | {_fmt(t['perplexity'])} | {_fmt(b['exact_match'])} "
+                f"| {_fmt(t['exact_match'])} | {_fmt(b['edit_similarity'])} | {_fmt(t['edit_similarity'])} |")
+
+    lines.append(row("**all**", base["overall"], tuned["overall"]))
+    for task in base["by_task"]:
+        lines.append(row(f"task: {task}", base["by_task"][task], tuned["by_task"][task]))
+    for lang in base["by_language"]:
+        lines.append(row(f"language: {lang}", base["by_language"][lang], tuned["by_language"][lang]))
+    return "\n".join(lines) + "\n"
+

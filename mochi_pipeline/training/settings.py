@@ -1,0 +1,87 @@
+"""Settings of the training layer (``training`` section of mochi.yaml).
+
+One model, with help text and validation in one place (trl style): every knob of the base model,
+the adapter, the optimiser, the data layout, checkpointing and evaluation lives here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from mochi_pipeline.settings_base import Section
+
+
+class TrainingSettings(Section):
+    base_model: str = Field(
+        "tiny",
+        description="Preset name (tiny, qwen2.5-coder-0.5b, phi-3-mini, ...), Hugging Face id or local path.",
+    )
+    method: str = Field(
+        "lora", pattern="^(lora|qlora|full)$",
+        description="lora (adapter on a frozen base), qlora (adapter on a 4-bit base; CUDA GPU only) or full.",
+    )
+    seed: int = Field(0, description="Seed of weight init, data order and dropout.")
+
+    # Adapter (lora / qlora)
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (update scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_targets: list[str] = Field(
+        default_factory=list,
+        description="Module names to adapt (e.g. [q_proj, v_proj]); [] = the base model preset's list, "
+        "or every attention/MLP projection found in the model.",
+    )
+
+    # Optimisation
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (LoRA ~2e-4, full ~2e-5).")
+    lr_scheduler: str = Field(
+        "cosine", pattern="^(linear|cosine|constant|constant_with_warmup)$",
+        description="Learning-rate schedule after warm-up.",
+    )
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps; -1 = run `epochs` epochs.")
+    batch_size: int = Field(4, ge=1, description="Sequences per device per step.")
+    grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimiser step.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% slower).",
+    )
+
+    # Data layout
+    max_seq_length: int = Field(512, ge=16, le=131072, description="Tokens per training sequence (packed block size).")
+    packing: bool = Field(
+        True, description="Pack several examples per sequence (best-fit decreasing, no cross-example attention).",
+    )
+
+    # Checkpoints, evaluation during training, early stopping
+    logging_steps: int = Field(5, ge=1, description="Log the training loss every this many steps.")
+    eval_steps: int = Field(25, ge=1, description="Evaluate on the eval split every this many steps.")
+    save_steps: int = Field(25, ge=1, description="Checkpoint every this many steps (a multiple of eval_steps).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="Stop after this many evaluations without a better eval loss; 0 = never stop early.",
+    )
+
+    # Held-out evaluation (evaluation_report)
+    eval_max_examples: int = Field(200, ge=1, description="Eval examples scored per model (seeded sample).")
+    eval_max_new_tokens: int = Field(48, ge=1, le=1024, description="Greedy tokens generated per next-line probe.")
+
+    # The offline `tiny` base
+    tiny_pretrain_steps: int = Field(
+        60, ge=1,
+        description="Optimiser steps of the `tiny` base's pre-training on Python's standard library "
+        "(8 x 256 tokens each; about 4 s per step on 2 free cores, slower on a busy machine). "
+        "Each value is built once and cached.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSettings:
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) so the best "
+                "checkpoint by eval loss is on disk; e.g. set save_steps to the same value."
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use epochs) or a positive step count, got {self.max_steps}.")
+        return self

@@ -1,0 +1,93 @@
+"""From ``training_dataset`` rows to what the trainer and the evaluation feed the model.
+
+Two kinds of rows (see data_generation/dataset_builder.py):
+- code completion (next line/block, fill-in-the-middle with StarCoder sentinels): trained as plain
+  causal LM on the row's raw ``text`` (loss on every token), like the code models were pre-trained;
+- everything else (explain, implement, commit messages, Q&A): the chat ``messages`` rendered with
+  the base model's chat template; the prompt is masked and only the assistant answer carries loss.
+Both become TRL prompt-completion pairs (an empty prompt for raw text), so one dataset mixes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+SPLITS = ("train", "eval")
+
+
+class DatasetError(ValueError):
+    """The training dataset is missing or malformed; the message says what to do."""
+
+
+def is_raw_task(task: str) -> bool:
+    return task.startswith("fim") or task in ("next_line", "next_block")
+
+
+def dataset_dir(artifact: Any) -> Path:
+    """The ``save_to_disk`` directory of a ``training_dataset`` record (or of a plain path)."""
+    if isinstance(artifact, str | Path):
+        candidates = [Path(artifact)]
+    else:
+        candidates = [Path(p) for p in (getattr(artifact, "hf_path", ""), getattr(artifact, "path", "")) if p]
+    for path in candidates:
+        for d in (path, path / "hf"):
+            if (d / "dataset_dict.json").is_file():
+                return d
+    raise DatasetError(
+        f"No saved DatasetDict (dataset_dict.json) at {', '.join(map(str, candidates)) or '(no path)'}; "
+        "materialize training_dataset first."
+    )
+
+
+def load_dataset_dict(artifact: Any) -> datasets.DatasetDict:
+    dd = datasets.load_from_disk(str(dataset_dir(artifact)))
+    if len(dd.get("train") or []) == 0:
+        raise DatasetError("training_dataset has no training examples; check the data_generation metadata.")
+    if "eval" not in dd:  # an empty split is not saved
+        dd["eval"] = dd["train"].select([])
+    return dd
+
+
+def row_text(row: dict) -> str:
+    return row.get("text") or row.get("raw_text") or ""
+
+
+@dataclass(frozen=True)
+class Formatter:
+    """Renders a dataset row as (prompt, completion) with one tokenizer's chat template."""
+
+    tokenizer: PreTrainedTokenizerBase
+    end_of_turn: str
+
+    def chat_messages(self, row: dict) -> list[dict[str, str]]:
+        messages = row.get("messages") or []
+        if messages and messages[-1]["role"] == "assistant":
+            return [dict(m) for m in messages]
+        user = f"{row['instruction']}\n\n{row['context']}".rstrip() if row.get("context") else row["instruction"]
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": row["response"]}]
+
+    def training_pair(self, row: dict) -> tuple[str, str]:
+        """What is trained: raw text as a whole, or chat prompt (masked) + answer."""
+        if is_raw_task(row["task"]) and row_text(row):
+            return "", row_text(row)
+        messages = self.chat_messages(row)
+        prompt = self.tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        return prompt, messages[-1]["content"] + self.end_of_turn
+
+    def scoring_pair(self, row: dict) -> tuple[str, str]:
+        """What is scored at evaluation: the context a user gives, and the answer expected back."""
+        text = row_text(row)
+        if is_raw_task(row["task"]) and text and row["response"] and text.endswith(row["response"]):
+            return text[: len(text) - len(row["response"])], row["response"]
+        return self.training_pair(row)
+
+    def to_prompt_completion(self, split: datasets.Dataset) -> datasets.Dataset:
+        # Built in memory: mapping a dataset loaded from disk would write cache files into the
+        # data_generation layer's artifact directory.
+        pairs = [self.training_pair(row) for row in split]
+        return datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})

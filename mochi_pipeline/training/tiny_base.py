@@ -1,0 +1,174 @@
+"""The offline ``tiny`` base model: a small Llama that already knows generic code.
+
+Built once per pre-training budget and cached under ``cache_root()/tiny-base-v<N>-s<steps>``:
+the StarCoder tokenizer (from llama.cpp's vocabulary GGUF, so llama.cpp converts the result), a
+~7M-parameter ``LlamaForCausalLM``, pre-trained (seeded) on Python's own standard library so that
+fine-tuning gains measured later are gains over a model that can already read code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import random
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
+from mochi_pipeline.storage import atomic_directory, atomic_write_text
+
+TINY_VERSION = 1  # bump when the architecture, corpus or recipe changes
+SEQ_LEN = 256
+BATCH = 8
+EVAL_BLOCKS = 16
+PRETRAIN_FILE = "pretrain.json"
+EOS = "<|endoftext|>"
+
+
+def tiny_base_dir(steps: int) -> Path:
+    return cache_root() / f"tiny-base-v{TINY_VERSION}-s{steps}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock held across processes (concurrent Dagster runs, test workers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_tiny_base(steps: int, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """Directory of the pre-trained tiny base (built on first use; later calls return at once)."""
+    dest = tiny_base_dir(steps)
+    if (dest / PRETRAIN_FILE).is_file():
+        return dest
+    with _file_lock(dest.with_name(dest.name + ".lock")):
+        if (dest / PRETRAIN_FILE).is_file():  # another process finished it while we waited
+            return dest
+        log(f"Building the tiny base model ({steps} pre-training steps) in {dest}")
+        with atomic_directory(dest) as tmp:
+            _build(tmp, steps, seed, log)
+    return dest
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    gguf = vocab_gguf("starcoder")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.eos_token = tokenizer.bos_token = tokenizer.pad_token = tokenizer.unk_token = EOS
+    tokenizer.model_max_length = 1024
+    from mochi_pipeline.training.base_models import PLAIN_TEMPLATE
+
+    tokenizer.chat_template = PLAIN_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, rms_norm_eps=1e-5,
+    )
+
+
+def stdlib_sources(seed: int) -> list[Path]:
+    """Python files of the running interpreter's standard library (tests and vendored packages left out)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
+    files = sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+    random.Random(seed).shuffle(files)
+    return files
+
+
+def _token_blocks(tokenizer: PreTrainedTokenizerBase, files: list[Path], n_blocks: int) -> torch.Tensor:
+    """``n_blocks`` rows of SEQ_LEN tokens from consecutive files, separated by the eos token."""
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    need = n_blocks * SEQ_LEN
+    ids: list[int] = []
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos])
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise RuntimeError(f"The standard library under {files[0].parent} gave {len(ids)} tokens; {need} needed.")
+    return torch.tensor(ids[:need]).view(n_blocks, SEQ_LEN)
+
+
+@torch.no_grad()
+def _mean_loss(model: LlamaForCausalLM, blocks: torch.Tensor) -> float:
+    model.eval()
+    losses = [model(input_ids=b, labels=b).loss.item() for b in blocks.split(BATCH)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    model = LlamaForCausalLM(tiny_config(tokenizer))
+    files = stdlib_sources(seed)
+    # Held-out files come first in the shuffled order, training files after them: no overlap.
+    held_out = _token_blocks(tokenizer, files[:40], EVAL_BLOCKS)
+    train = _token_blocks(tokenizer, files[40:], steps * BATCH)
+    loss_before = _mean_loss(model, held_out)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, steps // 10)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    model.train()
+    history: list[dict[str, float]] = []
+    for step, batch in enumerate(train.split(BATCH)):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append({"step": step + 1, "loss": round(loss.item(), 4)})
+        if (step + 1) % 20 == 0 or step + 1 == steps:
+            log(f"tiny base pre-training step {step + 1}/{steps}: loss {loss.item():.3f}")
+    loss_after = _mean_loss(model, held_out)
+
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    report = {
+        "version": TINY_VERSION,
+        "steps": steps,
+        "tokens": steps * BATCH * SEQ_LEN,
+        "seconds": round(time.monotonic() - started, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "random_loss": round(math.log(len(tokenizer)), 3),
+        "held_out_loss_before": round(loss_before, 4),
+        "held_out_loss_after": round(loss_after, 4),
+        "corpus": f"Python {sysconfig.get_python_version()} standard library",
+        "history": history,
+    }
+    atomic_write_text(out / PRETRAIN_FILE, json.dumps(report, indent=1))
+    log(
+        f"tiny base ready: held-out loss {loss_before:.2f} -> {loss_after:.2f} "
+        f"(uniform guess {report['random_loss']}) in {report['seconds']} s"
+    )
+
+
+def pretrain_report(path: str | Path) -> dict:
+    return json.loads((Path(path) / PRETRAIN_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,185 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer``: LoRA, QLoRA or full, resumable, early-stopped.
+
+Checkpoints go to ``<run_dir>/checkpoints/<run id>``, the run id being a hash of everything that
+changes the result (settings, base model, data): a killed run with the same inputs resumes from its
+last checkpoint; a changed input starts afresh. The final adapter (or full model) is written
+atomically to ``<run_dir>/final`` with the tokenizer, the loss history (JSON) and its plot (PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import (
+    EarlyStoppingCallback,
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTTrainer
+
+from mochi_pipeline.storage import atomic_directory, atomic_write_bytes, atomic_write_text, content_hash
+from mochi_pipeline.training import base_models
+from mochi_pipeline.training.base_models import ResolvedBase
+from mochi_pipeline.training.lora_config import lora_config, sft_config
+from mochi_pipeline.training.plots import loss_curve_png
+from mochi_pipeline.training.settings import TrainingSettings
+from mochi_pipeline.training.sft_data import Formatter
+
+RESULT_FILE = "training_result.json"
+HISTORY_FILE = "loss_history.json"
+CURVE_FILE = "loss_curve.png"
+# Settings that only change the held-out evaluation, not the trained weights.
+_EVAL_ONLY = {"eval_max_examples", "eval_max_new_tokens"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot run as configured; the message says what to change."""
+
+
+@dataclass
+class TrainingResult:
+    output_dir: str
+    method: str
+    run_id: str
+    global_step: int
+    epochs: float
+    n_train: int
+    n_eval: int
+    trainable_parameters: int
+    total_parameters: int
+    target_modules: list[str]
+    first_train_loss: float | None
+    last_train_loss: float | None
+    best_eval_loss: float | None
+    resumed_from: str
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> TrainingResult:
+        return cls(**json.loads((Path(output_dir) / RESULT_FILE).read_text(encoding="utf-8")))
+
+
+class LogProgress(TrainerCallback):
+    """Forwards the trainer's logs (loss, eval loss, learning rate) to a logger such as context.log."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (logs or {}).items())
+        self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+
+def check_method_supported(method: str) -> None:
+    if method != "qlora":
+        return
+    if not torch.cuda.is_available():
+        raise TrainingError("QLoRA needs a CUDA GPU; use method: lora (or full) on this machine.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TrainingError("QLoRA needs bitsandbytes: pip install 'mochi[gpu]' (or use method: lora).") from None
+
+
+def run_id(settings: TrainingSettings, base: ResolvedBase, data: datasets.DatasetDict) -> str:
+    knobs = settings.model_dump(mode="json", exclude=_EVAL_ONLY)
+    fingerprints = [data[s]._fingerprint for s in ("train", "eval")]
+    return content_hash(json.dumps(knobs, sort_keys=True), base.path, *fingerprints)
+
+
+def _history(log_history: list[dict]) -> list[dict[str, float]]:
+    keep = ("loss", "eval_loss", "learning_rate")
+    rows = []
+    for entry in log_history:
+        row = {k: float(entry[k]) for k in keep if k in entry and isinstance(entry[k], int | float)}
+        if row:
+            rows.append({"step": int(entry["step"]), **row})
+    return rows
+
+
+def train(
+    data: datasets.DatasetDict,
+    base: ResolvedBase,
+    settings: TrainingSettings,
+    run_dir: Path,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainingResult:
+    """Fine-tune ``base`` on ``data`` (splits train/eval); returns where the result is and how it went."""
+    check_method_supported(settings.method)
+    started = time.monotonic()
+    tokenizer = base_models.load_tokenizer(base)
+    formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
+    train_set = formatter.to_prompt_completion(data["train"])
+    eval_set = formatter.to_prompt_completion(data["eval"]) if len(data["eval"]) else None
+    if eval_set is None:
+        log("The eval split is empty: training without evaluation, early stopping or best-checkpoint selection.")
+
+    model = base_models.load_model(base, quantize_4bit=settings.method == "qlora")
+    peft_config = None
+    targets: list[str] = []
+    if settings.method in ("lora", "qlora"):
+        targets = list(settings.lora_targets or base.target_modules or base_models.infer_target_modules(model))
+        peft_config = lora_config(settings, targets)
+
+    rid = run_id(settings, base, data)
+    checkpoints = run_dir / "checkpoints" / rid
+    args = sft_config(settings, checkpoints, has_eval=eval_set is not None)
+    all_callbacks: list[TrainerCallback] = [LogProgress(log), *callbacks]
+    if eval_set is not None and settings.early_stopping_patience:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=all_callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # LogProgress reports the same lines through `log`
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    log(
+        f"Training {settings.method} on {base.name}: {len(train_set)} train / {len(eval_set or [])} eval examples, "
+        f"{trainable:,} of {total:,} parameters trainable" + (f"; resuming from {last}" if last else "")
+    )
+    trainer.train(resume_from_checkpoint=last)
+
+    history = _history(trainer.state.log_history)
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    final = run_dir / "final"
+    result = TrainingResult(
+        output_dir=str(final), method=settings.method, run_id=rid, global_step=trainer.state.global_step,
+        epochs=round(float(trainer.state.epoch or 0.0), 3), n_train=len(train_set), n_eval=len(eval_set or []),
+        trainable_parameters=trainable, total_parameters=total, target_modules=targets,
+        first_train_loss=train_losses[0] if train_losses else None,
+        last_train_loss=train_losses[-1] if train_losses else None,
+        best_eval_loss=min(eval_losses) if eval_losses else None,
+        resumed_from=last or "", seconds=round(time.monotonic() - started, 1), history=history,
+    )
+    if result.last_train_loss is not None and not math.isfinite(result.last_train_loss):
+        raise TrainingError(f"Training diverged (loss {result.last_train_loss}); lower training.learning_rate.")
+    with atomic_directory(final) as tmp:
+        trainer.save_model(str(tmp))  # the best checkpoint's weights when an eval split exists
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_text(tmp / HISTORY_FILE, json.dumps(history, indent=1))
+        atomic_write_bytes(tmp / CURVE_FILE, loss_curve_png(history, f"{settings.method} on {base.name}"))
+        atomic_write_text(tmp / RESULT_FILE, result.to_json())
+    log(
+        f"Training done at step {result.global_step}: train loss {result.first_train_loss} -> "
+        f"{result.last_train_loss}, best eval loss {result.best_eval_loss}"
+    )
+    return result

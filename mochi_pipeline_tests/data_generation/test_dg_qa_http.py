@@ -1,0 +1,109 @@
+"""The OpenAI-compatible back-end against a real HTTP server on 127.0.0.1 speaking the chat-completions format."""
+
+import email.utils
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dg_chat_server import API_KEY, ChatServer
+from dg_upstream import chunks_of, docs_of
+
+from mochi_pipeline.data_generation.llm_client import (
+    MalformedReply,
+    OpenAICompatibleQA,
+    QAEndpointError,
+    parse_pairs,
+    retry_after_seconds,
+)
+from mochi_pipeline.data_generation.qa_generator import qa_pairs, qa_subjects
+
+KEY_ENV = "MOCHI_TEST_QA_KEY"
+
+
+@pytest.fixture(scope="module")
+def subjects(sample_repo):
+    wanted = {"centroid", "perimeter", "scaled", "clamp", "distance_to"}
+    return [s for s in qa_subjects(chunks_of(sample_repo), docs_of(sample_repo), 100) if s.name in wanted]
+
+
+def client(url, **kw):
+    return OpenAICompatibleQA(base_url=url, model="tiny", api_key_env=KEY_ENV, backoff_s=0.01, max_retries=2, **kw)
+
+
+def test_retries_malformed_replies_failures_and_cache(subjects, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    log = logging.getLogger("qa-test")
+    with ChatServer() as server, caplog.at_level(logging.WARNING, logger="qa-test"):
+        started = time.monotonic()
+        batch = client(server.url).ask(subjects, pairs_per_subject=3, cache_dir=tmp_path, log=log)
+        elapsed = time.monotonic() - started
+        assert batch.outcomes == {"answered": 2, "malformed_reply": 2, "request_failed": 1}
+        assert server.requests == {"centroid": 2, "perimeter": 1, "scaled": 1, "clamp": 3, "distance_to": 1}
+        assert elapsed >= 1.0  # the 429's Retry-After: 1 was honored (backoff_s alone would wait 0.01 s)
+        assert {p.subject.name for p in batch.pairs} == {"centroid", "distance_to"} and len(batch.pairs) == 4
+        assert "about `perimeter` (pkg/core.py) is malformed: reply is not JSON" in caplog.text
+        assert "about `scaled`" in caplog.text and "choices" in caplog.text
+        assert "HTTP 500" in caplog.text
+
+        again = client(server.url).ask(subjects, pairs_per_subject=3, cache_dir=tmp_path, log=log)
+        assert again.outcomes["cached"] == 2 and [p.question for p in again.pairs] == [p.question for p in batch.pairs]
+        assert server.requests["centroid"] == 2 and server.requests["distance_to"] == 1  # never asked twice
+        assert server.requests["perimeter"] == 2  # malformed replies are not cached
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_concurrency_limit(subjects, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    ok = [s for s in subjects if s.name == "distance_to"]
+    many = [ok[0].model_copy(update={"name": f"sym{i}", "code": f"def sym{i}(): pass"}) for i in range(6)]
+    with ChatServer(delay_s=0.2) as server:
+        batch = client(server.url, concurrency=2).ask(
+            many, pairs_per_subject=2, cache_dir=tmp_path, log=logging.getLogger()
+        )
+    assert batch.outcomes == {"answered": 6}
+    assert server.max_in_flight == 2
+
+
+def test_refused_key_is_a_clear_error(subjects, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong")
+    with ChatServer() as server, pytest.raises(QAEndpointError, match=f"refused the API key .*{KEY_ENV}"):
+        client(server.url).ask(subjects, pairs_per_subject=2, cache_dir=tmp_path, log=logging.getLogger())
+
+
+def test_unreachable_endpoint_is_a_clear_error(subjects, tmp_path):
+    with ChatServer() as server:
+        url = server.url  # a port that was just free and is closed once the server stops
+    with pytest.raises(QAEndpointError, match="Every request to .* failed.*base_url"):
+        client(url, timeout_s=2).ask(subjects, pairs_per_subject=2, cache_dir=tmp_path, log=logging.getLogger())
+
+
+def test_examples_from_http_backend(sample_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    with ChatServer() as server:
+        examples, batch = qa_pairs(
+            chunks_of(sample_repo),
+            docs_of(sample_repo),
+            client(server.url),
+            max_subjects=100,
+            pairs_per_subject=2,
+            cache_dir=tmp_path,
+            log=logging.getLogger(),
+        )
+    assert examples and all(e.task == "qa" for e in examples)
+    assert "What is `load_settings` for?" in {e.instruction for e in examples}
+    assert batch.outcomes["request_failed"] == 1
+
+
+def test_retry_after_forms():
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 < retry_after_seconds(later) <= 30
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_parse_pairs_accepts_fenced_json_and_lists():
+    assert parse_pairs('```json\n{"pairs": [{"question": "Q?", "answer": "A."}]}\n```') == [("Q?", "A.")]
+    assert parse_pairs('[{"question": "Q?", "answer": "A."}, {"question": "", "answer": "x"}]') == [("Q?", "A.")]
+    with pytest.raises(MalformedReply, match="no pair"):
+        parse_pairs('{"pairs": [{"q": "Q?"}]}')

@@ -1,0 +1,283 @@
+"""git_connector against real repositories: URL safety, cloning and fetching, revisions, files, history."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mochi_pipeline.ingestion.git_connector import (
+    GitError,
+    is_remote_source,
+    open_repository,
+    validate_remote_url,
+)
+from mochi_pipeline_tests.repo_factory import commit, git
+
+
+def _small_repo(root: Path, name: str = "small") -> Path:
+    repo = root / name
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "First", "2024-01-01T00:00:00+00:00", {"a.py": "x = 1\n"})
+    return repo
+
+
+@pytest.mark.parametrize("url", [
+    "https://github.com/owner/repo.git",
+    "http://example.com/repo.git",
+    "ssh://git@example.com:2222/owner/repo.git",
+    "git://example.com/repo.git",
+    "file:///srv/git/repo.git",
+    "git@github.com:owner/repo.git",
+])
+def test_safe_urls_are_accepted(url):
+    assert is_remote_source(url)
+    assert validate_remote_url(url) == url
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("ext::sh -c touch% /tmp/pwned", "ext::"),
+    ("ext::sh", "ext::"),
+    ("fd::17", "fd::"),
+    ("-uhttps://example.com/x", "starts with '-'"),
+    ("--upload-pack=touch /tmp/x", "starts with '-'"),
+    ("https://example.com/a b", "whitespace"),
+    ("https://example.com/a\nb", "whitespace or control"),
+    ("ftp://example.com/repo.git", "scheme 'ftp'"),
+    ("ssh://-oProxyCommand=evil/repo", "starts with '-'"),
+    ("https:///no-host", "no host"),
+])
+def test_unsafe_urls_are_refused_with_the_url_and_a_fix(url, reason):
+    with pytest.raises(GitError) as err:
+        validate_remote_url(url)
+    assert reason in str(err.value)
+    assert repr(url) in str(err.value)
+    assert "https://" in str(err.value)  # the fix lists what is allowed
+
+
+@pytest.mark.parametrize("source", [".", "../repo", "/abs/path", "relative/dir", "C-drive"])
+def test_local_paths_are_not_remote(source):
+    assert not is_remote_source(source)
+
+
+def test_open_refuses_unsafe_remote_before_running_git(tmp_path):
+    with pytest.raises(GitError, match="ext::"):
+        open_repository("ext::sh -c true", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_clone_over_file_url_then_fetch_new_commit(tmp_path):
+    origin = _small_repo(tmp_path)
+    cache = tmp_path / "artifacts" / "repos"
+    url = origin.resolve().as_uri()
+
+    first = open_repository(url, cache)
+    assert first.path.parent == cache
+    assert first.resolve_rev("main") == git(origin, "rev-parse", "HEAD")
+    assert [e.path for e in first.list_files("HEAD")] == ["a.py"]
+
+    new_sha = commit(origin, "Second", "2024-01-02T00:00:00+00:00", {"b.py": "y = 2\n"})
+    second = open_repository(url, cache)
+    assert second.path == first.path  # same cache entry, fetched rather than cloned again
+    assert second.resolve_rev("HEAD") == new_sha
+    assert {e.path for e in second.list_files("HEAD")} == {"a.py", "b.py"}
+
+
+def test_fetch_follows_a_renamed_default_branch(tmp_path):
+    origin = _small_repo(tmp_path)
+    url = origin.resolve().as_uri()
+    open_repository(url, tmp_path / "cache")
+    git(origin, "branch", "-m", "main", "trunk")
+    sha = commit(origin, "On trunk", "2024-01-03T00:00:00+00:00", {"c.py": "z = 3\n"})
+    assert open_repository(url, tmp_path / "cache").resolve_rev("HEAD") == sha
+
+
+def test_clone_failure_names_the_url(tmp_path):
+    url = (tmp_path / "missing").as_uri()
+    with pytest.raises(GitError, match="Could not clone .*missing"):
+        open_repository(url, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == [], (
+        "a failed clone leaves no half-written cache entry"
+    )
+
+
+def test_concurrent_opens_of_one_remote_share_the_clone(tmp_path):
+    origin = _small_repo(tmp_path)
+    url = origin.resolve().as_uri()
+    with ThreadPoolExecutor(4) as pool:
+        repos = list(pool.map(lambda _: open_repository(url, tmp_path / "cache"), range(4)))
+    assert len({r.path for r in repos}) == 1
+    assert {r.resolve_rev("HEAD") for r in repos} == {git(origin, "rev-parse", "HEAD")}
+
+
+def test_revisions_resolve_to_full_shas(sample_repo):
+    repo = open_repository(str(sample_repo), "/nonexistent-cache-unused")
+    head = git(sample_repo, "rev-parse", "HEAD")
+    feature = git(sample_repo, "rev-parse", "feature")
+    assert repo.resolve_rev("HEAD") == head
+    assert repo.resolve_rev("main") == head
+    assert repo.resolve_rev("feature") == feature
+    assert repo.resolve_rev(head[:8]) == head
+    assert len(head) == 40
+
+
+def test_tag_resolves_to_its_commit(tmp_path):
+    repo_dir = _small_repo(tmp_path)
+    git(repo_dir, "tag", "-a", "v1.0", "-m", "release")  # annotated: the tag object is not the commit
+    sha = git(repo_dir, "rev-parse", "HEAD")
+    commit(repo_dir, "After tag", "2024-01-02T00:00:00+00:00", {"b.py": "y = 2\n"})
+    assert open_repository(str(repo_dir), tmp_path).resolve_rev("v1.0") == sha
+
+
+@pytest.mark.parametrize("rev", ["no-such-branch", "deadbeefdeadbeef", "-n"])
+def test_unknown_revision_is_a_clear_error(sample_repo, rev):
+    repo = open_repository(str(sample_repo), "/unused")
+    with pytest.raises(GitError) as err:
+        repo.resolve_rev(rev)
+    assert repr(rev) in str(err.value)
+    assert "repo.rev" in str(err.value)
+
+
+def test_unknown_revision_lists_known_branches(sample_repo):
+    with pytest.raises(GitError, match="feature, main"):
+        open_repository(str(sample_repo), "/unused").resolve_rev("mian")
+
+
+def test_list_files_is_tracked_only_with_blob_shas_and_sizes(tmp_path):
+    repo_dir = _small_repo(tmp_path)
+    (repo_dir / "untracked.py").write_text("print('not committed')\n")
+    (repo_dir / "a.py").write_text("x = 'changed but not committed'\n")
+    entries = open_repository(str(repo_dir), tmp_path).list_files("HEAD")
+    assert [e.path for e in entries] == ["a.py"]
+    assert entries[0].sha == git(repo_dir, "rev-parse", "HEAD:a.py")
+    assert entries[0].size == len("x = 1\n")
+
+
+def test_list_files_at_an_older_revision(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    first = git(sample_repo, "rev-list", "--max-parents=0", "HEAD")
+    assert {e.path for e in repo.list_files(first)} == {"pkg/__init__.py", "pkg/core.py", "tests/test_core.py"}
+
+
+def test_read_blobs_in_one_batch_matches_read_blob(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    entries = repo.list_files("HEAD")
+    blobs = repo.read_blobs(e.sha for e in entries)
+    assert len(blobs) == len({e.sha for e in entries})
+    for e in entries:
+        assert blobs[e.sha] == repo.read_blob(e.sha)
+        assert len(blobs[e.sha]) == e.size
+    assert b"\x89PNG" in blobs[next(e.sha for e in entries if e.path == "assets/logo.png")]
+
+
+def test_last_commits_per_file(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    last = repo.last_commits("HEAD", ["pkg/util.py", "pkg/core.py", "README.md", "not/there.py"])
+    assert last["pkg/util.py"][1] == "2024-05-01T10:00:00+00:00"
+    assert last["pkg/core.py"][1] == "2024-01-01T10:00:00+00:00"
+    assert last["README.md"][0] == git(sample_repo, "log", "-1", "--format=%H", "--", "README.md")
+    assert "not/there.py" not in last
+
+
+def test_empty_repository_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    with pytest.raises(GitError, match="has no commits yet"):
+        open_repository(str(empty), tmp_path / "cache")
+
+
+def test_non_git_directory_is_a_clear_error(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(GitError, match=r"is not a git repository; run `git init`"):
+        open_repository(str(plain), tmp_path / "cache")
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(GitError, match="does not exist"):
+        open_repository(str(tmp_path / "nope"), tmp_path / "cache")
+
+
+def test_local_bare_repository_and_subdirectory(sample_repo, tmp_path):
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(sample_repo), str(bare)], check=True)
+    head = git(sample_repo, "rev-parse", "HEAD")
+    assert open_repository(str(bare), tmp_path).resolve_rev("HEAD") == head
+    assert open_repository(str(sample_repo / "pkg"), tmp_path).path == sample_repo.resolve()
+
+
+def test_commit_history_of_sample_repo(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    commits = list(repo.iter_commits("HEAD", 100))
+    assert len(commits) == 8
+    assert commits[0].sha == git(sample_repo, "rev-parse", "HEAD")
+    assert [c.date for c in commits] == sorted((c.date for c in commits), reverse=True)
+
+    merge = next(c for c in commits if c.message == "Merge branch 'feature'")
+    assert len(merge.parents) == 2
+    assert {f.path for f in merge.files} == {"pkg/util.py", "pkg/dup.py"}  # diff against the first parent
+
+    root = commits[-1]
+    assert root.parents == []
+    assert root.author_name == "Ada Lovelace" and root.author_email == "ada@example.com"
+    assert root.date == "2024-01-01T10:00:00+00:00"
+
+    bot = next(c for c in commits if c.author_name == "dependabot[bot]")
+    assert bot.author_email == "bot@example.com"
+
+    last = commits[0]
+    assert last.message == "Make clamp reject an empty range with a clear error"
+    (change,) = last.files
+    assert (change.path, change.status, change.additions, change.deletions) == ("pkg/util.py", "M", 2, 0)
+    assert change.diff.startswith("diff --git a/pkg/util.py b/pkg/util.py\n")
+    assert '+        raise ValueError("empty range")\n' in change.diff
+
+    docs = next(c for c in commits if c.message.startswith("Document usage"))
+    logo = next(f for f in docs.files if f.path == "assets/logo.png")
+    assert logo.binary and logo.diff == "" and logo.status == "A"
+    readme = next(f for f in docs.files if f.path == "README.md")
+    assert readme.additions == 18 and "+# Sample project\n" in readme.diff
+
+
+def test_commit_history_max_count_and_numstat_against_git(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    commits = list(repo.iter_commits("HEAD", 3))
+    assert len(commits) == 3
+    assert list(repo.iter_commits("HEAD", 0)) == []
+    for c in commits:
+        numstat = git(sample_repo, "show", "--numstat", "--format=", c.sha).splitlines()
+        expected = {line.split("\t")[2]: (int(line.split("\t")[0]), int(line.split("\t")[1])) for line in numstat}
+        assert {f.path: (f.additions, f.deletions) for f in c.files} == expected
+
+
+def test_history_with_rename_delete_multiline_message_and_odd_names(tmp_path):
+    repo_dir = _small_repo(tmp_path)
+    body = "x = 1\n" + "".join(f"line_{i} = {i}\n" for i in range(20))
+    commit(repo_dir, "Grow a.py", "2024-01-02T00:00:00+00:00", {"a.py": body, "gone.txt": "bye\n"})
+    git(repo_dir, "mv", "a.py", "renamed file.py")
+    (repo_dir / "gone.txt").unlink()
+    (repo_dir / 'tab\tand "quote".md').write_text("# odd\n")
+    (repo_dir / "ctrl.txt").write_text("a\x01b\x02c\n")  # control bytes in a text diff must not split records
+    git(repo_dir, "add", "-A")
+    git(repo_dir, "commit", "-q", "-m", "Rename and delete\n\nLonger body\nwith two lines.",
+        date="2024-01-03T00:00:00+00:00")
+    newest = next(open_repository(str(repo_dir), tmp_path).iter_commits("HEAD", 1))
+    assert newest.message == "Rename and delete\n\nLonger body\nwith two lines."
+    by_status = {f.status: f for f in newest.files}
+    assert by_status["R"].path == "renamed file.py" and by_status["R"].old_path == "a.py"
+    assert by_status["D"].path == "gone.txt" and by_status["D"].deletions == 1
+    assert "-bye\n" in by_status["D"].diff
+    added = {f.path: f for f in newest.files if f.status == "A"}
+    assert "+# odd\n" in added['tab\tand "quote".md'].diff
+    assert "+a\x01b\x02c\n" in added["ctrl.txt"].diff
+    assert len(newest.files) == 4
+
+
+def test_oversized_diff_keeps_counts_but_drops_text(sample_repo):
+    repo = open_repository(str(sample_repo), "/unused")
+    (change,) = next(repo.iter_commits("HEAD", 1, max_diff_bytes=50)).files
+    assert change.diff == "" and change.additions == 2

@@ -1,0 +1,133 @@
+"""The ingestion assets materialized (and the repository observed) with the real resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mochi_pipeline.ingestion.assets import commit_history, git_repository, source_files
+from mochi_pipeline.ingestion.assets import defs as ingestion_defs
+from mochi_pipeline.records import Commit, SourceFile
+from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+from mochi_pipeline_tests.repo_factory import commit, git
+
+
+def _resources(tmp_path: Path, repo: dict) -> dict:
+    config = tmp_path / "mochi.yaml"
+    config.write_text(yaml.safe_dump({"repo": repo, "artifacts_root": str(tmp_path / "artifacts")}))
+    project = MochiProject(config_path=str(config))
+    return {"project": project, "io_manager": ArtifactIOManager(project=project)}
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    (event,) = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def _observe(resources: dict, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    job = dg.define_asset_job("observe_repo", selection=dg.AssetSelection.keys("git_repository"))
+    defs = dg.Definitions(assets=[git_repository], jobs=[job], resources=resources)
+    return defs.resolve_job_def("observe_repo").execute_in_process(instance=instance)
+
+
+def test_materialize_source_files_and_commit_history(sample_repo, tmp_path):
+    resources = _resources(tmp_path, {"source": str(sample_repo), "max_commits": 5})
+    result = dg.materialize([git_repository, source_files, commit_history], resources=resources)
+    assert result.success
+
+    stored = tmp_path / "artifacts" / "assets"
+    files = read_asset_file(stored / "source_files.jsonl")
+    assert files == result.output_for_node("source_files")
+    assert all(isinstance(f, SourceFile) for f in files)
+    assert "pkg/core.py" in {f.path for f in files}
+
+    meta = _metadata(result, "source_files")
+    assert meta["files"] == len(files)
+    assert meta["bytes"] == sum(f.size for f in files)
+    assert meta["skipped_by_reason"] == {"binary": 1, "not_utf8": 1}
+    assert meta["files_by_language"]["python"] == 5
+    assert meta["commit"] == git(sample_repo, "rev-parse", "HEAD")
+    assert "| pkg/core.py | python |" in meta["preview"]
+
+    commits = read_asset_file(stored / "commit_history.jsonl")
+    assert len(commits) == 5 and all(isinstance(c, Commit) for c in commits)
+    assert commits == result.output_for_node("commit_history")
+    history_meta = _metadata(result, "commit_history")
+    assert history_meta["commits"] == 5 and history_meta["merges"] == 1
+    assert "Make clamp reject an empty range" in history_meta["preview"]
+
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"source_files_found": True, "commit_history_starts_at_rev": True}
+
+
+def test_data_versions_follow_content(sample_repo, tmp_path):
+    """Same content → same data version; a new commit → new SHA observed and new content hash."""
+    repo_dir = tmp_path / "r"
+    repo_dir.mkdir()
+    git(repo_dir, "init", "-q", "-b", "main")
+    first = commit(repo_dir, "First", "2024-01-01T00:00:00+00:00", {"a.py": "x = 1\n"})
+    resources = _resources(tmp_path, {"source": str(repo_dir)})
+    instance = dg.DagsterInstance.ephemeral()
+
+    def versions() -> tuple[str, str, str]:
+        observed = _observe(resources, instance)
+        (obs,) = [e for e in observed.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+        materialized = dg.materialize([source_files, commit_history], resources=resources, instance=instance)
+        latest = {
+            key: instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.tags[
+                "dagster/data_version"]
+            for key in ("source_files", "commit_history")
+        }
+        assert materialized.success
+        return obs.event_specific_data.asset_observation.data_version, latest["source_files"], latest["commit_history"]
+
+    sha1, files1, history1 = versions()
+    assert sha1 == first
+    assert versions() == (sha1, files1, history1)
+
+    second = commit(repo_dir, "Second", "2024-01-02T00:00:00+00:00", {"b.py": "y = 2\n"})
+    sha2, files2, history2 = versions()
+    assert sha2 == second and files2 != files1 and history2 != history1
+
+
+def test_remote_source_is_cloned_under_artifacts(tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    git(origin, "init", "-q", "-b", "main")
+    commit(origin, "Only", "2024-01-01T00:00:00+00:00", {"main.go": "package main\n"})
+    resources = _resources(tmp_path, {"source": origin.as_uri()})
+    result = dg.materialize([source_files], resources=resources)
+    (file,) = result.output_for_node("source_files")
+    assert (file.path, file.language) == ("main.go", "go")
+    (clone,) = [p for p in (tmp_path / "artifacts" / "repos").iterdir() if not p.name.startswith(".")]
+    assert git(clone, "rev-parse", "--is-bare-repository") == "true"
+
+
+@pytest.mark.parametrize(("repo", "message"), [
+    ({"source": "not-a-dir"}, "does not exist"),
+    ({"source": ".", "rev": "no-such-branch"}, "Unknown revision 'no-such-branch'"),
+    ({"source": "ext::sh -c true"}, "ext::"),
+])
+def test_bad_repository_config_fails_with_a_clear_message(sample_repo, tmp_path, repo, message):
+    if repo["source"] == ".":
+        repo = {**repo, "source": str(sample_repo)}
+    result = dg.materialize([source_files], resources=_resources(tmp_path, repo), raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert message in failure.event_specific_data.error.message
+
+
+def test_layer_definitions_and_lineage():
+    graph = dg.Definitions.merge(
+        ingestion_defs, dg.Definitions(resources={"project": MochiProject(), "io_manager": dg.FilesystemIOManager()})
+    ).resolve_asset_graph()
+    for key in ("source_files", "commit_history"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.parent_keys == {dg.AssetKey("git_repository")}
+        assert node.group_name == "ingestion"
+        assert {"git", "python"} <= {t.split("/")[-1] for t in node.tags if t.startswith("dagster/kind/")}
+        assert node.code_version
+    assert graph.get(dg.AssetKey("git_repository")).is_observable

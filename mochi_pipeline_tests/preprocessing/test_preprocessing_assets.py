@@ -1,0 +1,80 @@
+"""The preprocessing assets materialized on the sample repository with the real resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from mochi_pipeline.ingestion.assets import git_repository, source_files
+from mochi_pipeline.preprocessing.assets import code_chunks, deduplicated_chunks, doc_sections
+from mochi_pipeline.preprocessing.deduplicator import normalized_hash
+from mochi_pipeline.records import Chunk, DocSection
+from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+
+ASSETS = [git_repository, source_files, doc_sections, code_chunks, deduplicated_chunks]
+
+
+def _resources(tmp_path: Path, config: dict) -> dict:
+    path = tmp_path / "mochi.yaml"
+    path.write_text(yaml.safe_dump({**config, "artifacts_root": str(tmp_path / "artifacts")}))
+    project = MochiProject(config_path=str(path))
+    return {"project": project, "io_manager": ArtifactIOManager(project=project)}
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    (event,) = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
+    # HEAD~1: before clamp() in pkg/util.py changed, so pkg/dup.py holds an exact and a near copy.
+    resources = _resources(tmp_path, {"repo": {"source": str(sample_repo), "rev": "HEAD~1"},
+                                      "chunking": {"min_tokens": 8}})
+    result = dg.materialize(ASSETS, resources=resources)
+    assert result.success
+    assert _checks(result) == {"source_files_found": True, "doc_sections_not_empty": True,
+                               "code_chunks_not_empty": True, "code_chunks_within_budget": True,
+                               "no_exact_duplicates_left": True}
+
+    stored = tmp_path / "artifacts" / "assets"
+    chunks = read_asset_file(stored / "code_chunks.jsonl")
+    assert chunks == result.output_for_node("code_chunks") and all(isinstance(c, Chunk) for c in chunks)
+    assert {c.language for c in chunks} == {"python", "javascript", "typescript", "java", "go", "rust", "c", "cpp"}
+    distance = next(c for c in chunks if c.symbol == "Point.distance_to")
+    assert (distance.path, distance.start_line, distance.end_line) == ("pkg/core.py", 14, 16)
+    assert distance.file_date.startswith("2024-01-01") and len(distance.file_sha) == 40
+    assert "import math" in distance.context
+
+    meta = _metadata(result, "code_chunks")
+    assert meta["chunks"] == len(chunks) and meta["cache_hits"] == 0
+    assert meta["skipped_files_by_reason"] == {"documentation": 3, "excluded_language:text": 2}
+    assert sum(meta["chunks_by_language"].values()) == len(chunks)
+
+    kept = read_asset_file(stored / "deduplicated_chunks.jsonl")
+    dedup = _metadata(result, "deduplicated_chunks")
+    assert dedup["dropped_by_reason"]["exact"] >= 1 and dedup["dropped_by_reason"]["near"] >= 1
+    assert dedup["kept"] == len(kept) == len(chunks) - sum(dedup["dropped_by_reason"].values())
+    assert dedup["cluster_size_histogram"]["2"] >= 2
+    assert len({normalized_hash(c.text) for c in kept}) == len(kept)
+    symbols = {(c.path, c.symbol) for c in kept}
+    assert ("pkg/dup.py", "clamp") in symbols and ("pkg/util.py", "clamp") not in symbols
+
+    sections = read_asset_file(stored / "doc_sections.jsonl")
+    assert all(isinstance(s, DocSection) for s in sections)
+    assert {s.path for s in sections} == {"README.md", "docs/guide.rst", "docs/notes.adoc"}
+    assert not any("shields.io" in s.text for s in sections)
+    assert _metadata(result, "doc_sections")["skipped_files_by_reason"] == {"not_documentation": 14}
+
+    # A second run parses nothing and yields the same data versions.
+    again = dg.materialize(ASSETS, resources=resources)
+    assert _metadata(again, "code_chunks")["cache_hits"] == meta["files"]
+    versions = [{e.asset_key.path[-1]: e.tags["dagster/data_version"]
+                 for e in r.get_asset_materialization_events()
+                 for e in [e.event_specific_data.materialization]} for r in (result, again)]
+    assert versions[0] == versions[1]

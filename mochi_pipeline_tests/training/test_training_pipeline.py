@@ -1,0 +1,121 @@
+"""The four training assets materialized on a small project dataset with the tiny base.
+
+One module-scoped materialization (a real LoRA run) serves several tests: the loss fell, the LoRA
+weights moved, the fine-tuned model beats the base on the held-out split, and the merged model
+reproduces the PEFT model's logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
+from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+from mochi_pipeline.training import assets as training_assets
+from mochi_pipeline.training.evaluation import edit_similarity
+from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+
+pytestmark = pytest.mark.slow
+
+TRAINING = dict(max_steps=10, max_seq_length=192, batch_size=4, learning_rate=1e-2, lora_rank=8, lora_alpha=16,
+                lora_dropout=0.0, eval_steps=5, save_steps=5, logging_steps=1, warmup_ratio=0.0,
+                lr_scheduler="constant", tiny_pretrain_steps=TEST_TINY_STEPS, eval_max_examples=24,
+                eval_max_new_tokens=16)
+
+
+def _dataset_asset(dataset_dir: Path):
+    @dg.asset(name="training_dataset", group_name="data_generation")
+    def training_dataset() -> TrainingDatasetArtifact:
+        counts = {"train": 0, "eval": 0}
+        for split in counts:
+            counts[split] = sum(1 for _ in (dataset_dir / f"{split}.jsonl").open())
+        return TrainingDatasetArtifact(
+            path=str(dataset_dir), hf_path=str(dataset_dir / "hf"),
+            jsonl={s: str(dataset_dir / f"{s}.jsonl") for s in counts}, counts={}, task_counts={},
+            n_examples=counts, n_tokens={}, dropped={}, eval_sources=[], content_hash="test",
+        )
+
+    return training_dataset
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory, store_dataset, sample_repo, tiny_base):
+    root = tmp_path_factory.mktemp("training_assets")
+    config = {"repo": {"source": str(sample_repo)}, "artifacts_root": str(root / "artifacts"), "training": TRAINING}
+    (root / "mochi.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    project = MochiProject(config_path=str(root / "mochi.yaml"))
+    result = dg.materialize(
+        [_dataset_asset(store_dataset), training_assets.base_model, training_assets.fine_tuned_adapter,
+         training_assets.evaluation_report, training_assets.fine_tuned_beats_base, training_assets.merged_model],
+        resources={"project": project, "io_manager": ArtifactIOManager(project=project)},
+    )
+    assert result.success
+    stored = root / "artifacts" / "assets"
+    return result, {name: read_asset_file(stored / f"{name}.json") for name in
+                    ("base_model", "fine_tuned_adapter", "evaluation_report", "merged_model")}
+
+
+def test_lora_training_lowers_the_loss_and_moves_the_adapter(materialized):
+    result, records = materialized
+    adapter = records["fine_tuned_adapter"]
+    history = json.loads((Path(adapter.path) / "loss_history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    weights = load_file(str(Path(adapter.path) / "adapter_model.safetensors"))
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["training_loss_decreased"].passed
+    meta = result.asset_materializations_for_node("fine_tuned_adapter")[0].metadata
+    assert "data:image/png;base64," in meta["loss_curve"].value
+    assert (Path(adapter.path) / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fine_tuned_model_beats_base_on_held_out_split(materialized):
+    result, records = materialized
+    report = records["evaluation_report"]
+    base, tuned = report.metrics["base"]["overall"], report.metrics["fine_tuned"]["overall"]
+    assert tuned["perplexity"] < base["perplexity"]
+    assert report.fine_tuned_better
+    assert set(report.metrics["base"]["by_task"]) == {"next_line", "fim_psm", "implement"}
+    assert base["next_line_probes"] > 0 and tuned["edit_similarity"] is not None
+    assert "| **all** |" in report.markdown and "language: python" in report.markdown
+    assert (Path(report.path) / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["fine_tuned_beats_base"].passed
+
+
+def test_merged_model_reproduces_the_adapter_logits(materialized):
+    _, records = materialized
+    merged_dir = Path(records["merged_model"].path)
+    adapter_dir = records["fine_tuned_adapter"].path
+    base_dir = records["base_model"].path
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer("class OrderService:\n    def get_order(self, order_id: int) -> dict:\n", return_tensors="pt")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    with torch.no_grad():
+        got, want, before = (m(**ids).logits for m in (merged, peft, base))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, before, atol=1e-3)  # the merge changed the base
+    assert "base_layer" not in " ".join(load_file(str(merged_dir / "model.safetensors")))
+    card = (merged_dir / "README.md").read_text()
+    assert "Method:** lora" in card and "perplexity" in card
+    assert tokenizer.chat_template and "### Response" in tokenizer.chat_template
+
+
+@pytest.mark.parametrize(("a", "b", "want"), [("", "", 1.0), ("abc", "abc", 1.0), ("abc", "abd", 2 / 3),
+                                              ("abc", "", 0.0), ("kitten", "sitting", 1 - 3 / 7)])
+def test_edit_similarity(a, b, want):
+    assert edit_similarity(a, b) == pytest.approx(want)

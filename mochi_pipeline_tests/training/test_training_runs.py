@@ -1,0 +1,121 @@
+"""Training runs beyond the LoRA pipeline: resume after a kill, full fine-tuning, QLoRA, bad settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from mochi_pipeline.training.base_models import BaseModelError, infer_target_modules, load_tokenizer, resolve_base
+from mochi_pipeline.training.settings import TrainingSettings
+from mochi_pipeline.training.sft_data import Formatter, load_dataset_dict
+from mochi_pipeline.training.trainer import TrainingError, TrainingResult, train
+from mochi_pipeline_tests.training.store_project import fast_settings
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """Stands in for a killed process: dies right after the checkpoint of ``step`` is on disk."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"killed after checkpoint {self.step}")
+
+
+def _train_only(store_dataset: Path):
+    """The store dataset without its eval split: no evaluations, so the runs stay short."""
+    data = load_dataset_dict(store_dataset)
+    data["eval"] = data["eval"].select([])
+    return data
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, store_dataset, tiny_base):
+    data = _train_only(store_dataset)
+    settings = fast_settings(max_steps=6, save_steps=2, eval_steps=2)
+    with pytest.raises(Killed):
+        train(data, tiny_base, settings, tmp_path, callbacks=[KillAfterCheckpoint(4)])
+    assert not (tmp_path / "final").exists()  # nothing half-written
+    lines: list[str] = []
+    result = train(data, tiny_base, settings, tmp_path, log=lines.append)
+    assert Path(result.resumed_from).name == "checkpoint-4"
+    assert result.global_step == 6
+    steps = [h["step"] for h in result.history if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the history of the first run is kept, steps continue
+    assert any("resuming from" in line for line in lines)
+    assert TrainingResult.load(result.output_dir).global_step == 6
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_changes_the_base_weights(tmp_path, store_dataset, tiny_base):
+    result = train(_train_only(store_dataset), tiny_base, fast_settings(method="full", max_steps=2,
+                                                                        learning_rate=1e-3), tmp_path)
+    assert result.trainable_parameters == result.total_parameters
+    before = load_file(str(Path(tiny_base.path) / "model.safetensors"))
+    after = load_file(str(Path(result.output_dir) / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[name], after[name])
+    AutoModelForCausalLM.from_pretrained(result.output_dir)  # a standalone, loadable model
+
+
+def test_qlora_on_cpu_says_what_to_do(tmp_path, store_dataset, tiny_base):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(TrainingError, match="QLoRA needs a CUDA GPU; use method: lora"):
+        train(_train_only(store_dataset), tiny_base, fast_settings(method="qlora"), tmp_path)
+
+
+@pytest.mark.gpu
+def test_qlora_trains_on_a_gpu(tmp_path, store_dataset, tiny_base):
+    result = train(_train_only(store_dataset), tiny_base, fast_settings(method="qlora", max_steps=4), tmp_path)
+    assert result.global_step == 4
+    weights = load_file(str(Path(result.output_dir) / "adapter_model.safetensors"))
+    assert any("lora_B" in name and t.abs().sum() > 0 for name, t in weights.items())
+
+
+def test_settings_validate_in_one_place():
+    with pytest.raises(ValueError, match="save_steps .* must be a multiple of eval_steps"):
+        TrainingSettings(eval_steps=10, save_steps=15)
+    with pytest.raises(ValueError, match="method"):
+        TrainingSettings(method="adapter")
+    assert str(TrainingSettings()) != str(TrainingSettings(lora_rank=8))  # signature follows the values
+
+
+def test_unknown_base_model_names_the_fix():
+    with pytest.raises(BaseModelError, match="neither a preset"):
+        resolve_base("no such model", 1)
+
+
+@pytest.mark.slow
+def test_hub_model_without_cache_or_network_names_the_download_command():
+    with pytest.raises(BaseModelError, match="huggingface-cli download mochi-test/no-such-model"):
+        resolve_base("mochi-test/no-such-model", 1)
+
+
+def test_lora_targets_are_inferred_from_module_names(tiny_base):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path)
+    assert infer_target_modules(model) == sorted(tiny_base.target_modules)
+
+
+def test_rows_become_prompt_completion_pairs(store_dataset, tiny_base):
+    tokenizer = load_tokenizer(tiny_base)
+    formatter = Formatter(tokenizer, tokenizer.eos_token)
+    split = load_dataset_dict(store_dataset)["train"]
+    raw = next(r for r in split if r["task"] == "next_line")
+    chat = next(r for r in split if r["task"] == "implement")
+    assert formatter.training_pair(raw) == ("", raw["text"])  # plain causal LM, loss on every token
+    prompt, completion = formatter.training_pair(chat)
+    assert prompt.startswith("You are a coding assistant") and prompt.endswith("### Response\n")
+    assert completion == chat["response"] + "<|endoftext|>"  # the model learns to stop
+    assert formatter.scoring_pair(raw) == (raw["context"], raw["response"])
+    fim = next(r for r in split if r["task"] == "fim_psm")
+    assert tokenizer(fim["text"])["input_ids"].count(tokenizer.convert_tokens_to_ids("<fim_middle>")) == 1
