@@ -8,12 +8,12 @@ command line see the same runs and the same staleness.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import subprocess
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,28 +56,47 @@ def _defs():
 def _observe_repository(defs, instance) -> None:
     """Record the repository's current commit, so staleness reflects new commits."""
     import dagster as dg
+    from dagster._core.definitions.observe import observe  # public in spirit, not re-exported in 1.13
 
     sources = [a for a in defs.assets if isinstance(a, dg.SourceAsset) and a.is_observable]
-    dg.observe(sources, instance=instance, resources=defs.resources)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    observe(sources, instance=instance, resources=defs.resources, run_config=quiet)
 
 
-def _stale_keys(defs, instance) -> dict:
-    """Every materializable asset with its status (FRESH / STALE / MISSING) and causes."""
+def _stale_keys(defs, instance, cfg: MochiConfig) -> dict:
+    """Every materializable asset with its status (FRESH / STALE / MISSING) and causes.
+
+    Dagster's own staleness (code versions, upstream data versions) plus one mochi adds: the
+    config sections the asset's layer reads changed since it was materialized (which also makes
+    everything downstream stale).
+    """
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._core.loader import LoadingContextForTest
 
+    from mochi_pipeline.resources import CONFIG_SIGNATURE_KEY
+
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    out = {}
+    out: dict = {}
+    config_stale: set = set()
     for key in graph.toposorted_asset_keys:
-        if not graph.get(key).is_materializable:
+        node = graph.get(key)
+        if not node.is_materializable:
             continue
-        status = resolver.get_status(key)
-        causes = [f"{c.key.asset_key.to_user_string()}: {c.reason}" for c in resolver.get_stale_root_causes(key)]
-        if instance.get_latest_materialization_event(key) is None:
+        event = instance.get_latest_materialization_event(key)
+        if event is None or event.asset_materialization is None:
             out[key] = ("MISSING", ["never materialized"])
-        else:
-            out[key] = (status.value, causes)
+            continue
+        status = resolver.get_status(key).value
+        causes = [f"{c.key.asset_key.to_user_string()}: {c.reason}" for c in resolver.get_stale_root_causes(key)]
+        recorded = event.asset_materialization.metadata.get(CONFIG_SIGNATURE_KEY)
+        if recorded is not None and recorded.value != cfg.layer_signature(node.group_name):
+            causes.append(f"the {node.group_name} settings in mochi.yaml changed since the last run")
+            config_stale.add(key)
+        elif any(p in config_stale for p in node.parent_keys):
+            causes.append("an upstream asset's settings changed")
+            config_stale.add(key)
+        out[key] = ("STALE" if key in config_stale else status, causes)
     return out
 
 
@@ -149,7 +168,7 @@ def cmd_run(args) -> None:
         keys = [k for k in defs.resolve_asset_graph().toposorted_asset_keys
                 if defs.resolve_asset_graph().get(k).is_materializable]
     else:
-        keys = [k for k, (status, _) in _stale_keys(defs, instance).items() if status != "FRESH"]
+        keys = [k for k, (status, _) in _stale_keys(defs, instance, cfg).items() if status != "FRESH"]
     _execute(defs, instance, keys)
     print(f"Done. Artifacts under {cfg.artifacts_path}")
 
@@ -159,7 +178,7 @@ def cmd_status(args) -> None:
     defs, instance = _defs(), _instance(cfg)
     _observe_repository(defs, instance)
     print(f"Project: {cfg.repo_source} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
-    for key, (status, causes) in _stale_keys(defs, instance).items():
+    for key, (status, causes) in _stale_keys(defs, instance, cfg).items():
         print(f"  {status:8} {key.to_user_string()}")
         for cause in causes[:3]:
             print(f"           - {cause}")
@@ -176,7 +195,7 @@ def cmd_export(args) -> None:
     cfg = load_config()
     defs, instance = _defs(), _instance(cfg)
     _observe_repository(defs, instance)
-    stale = {k for k, (status, _) in _stale_keys(defs, instance).items() if status != "FRESH"}
+    stale = {k for k, (status, _) in _stale_keys(defs, instance, cfg).items() if status != "FRESH"}
     wanted = _select(defs, [f"+{name}" for name in EXPORT_ASSETS])
     _execute(defs, instance, [k for k in wanted if k in stale or k.to_user_string() in EXPORT_ASSETS])
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")
@@ -227,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="Rebuild every asset.")
     s.set_defaults(func=cmd_run)
 
-    sub.add_parser("status", help="Show which assets are fresh, stale or missing, and why.").set_defaults(func=cmd_status)
+    s = sub.add_parser("status", help="Show which assets are fresh, stale or missing, and why.")
+    s.set_defaults(func=cmd_status)
     sub.add_parser("report", help="Print what the last runs produced.").set_defaults(func=cmd_report)
     sub.add_parser("export", help="Build GGUF files and the Ollama Modelfile.").set_defaults(func=cmd_export)
 
@@ -247,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview)")  # Dagster APIs we use on purpose
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.func(args)
     except KeyboardInterrupt:

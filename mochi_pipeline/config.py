@@ -25,9 +25,21 @@ class ConfigError(ValueError):
     """A config problem, worded for the person who wrote the file."""
 
 
+# The config sections each layer's assets read; a change to one makes that layer's assets stale.
+LAYER_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingestion": ("repo", "sources"),
+    "preprocessing": ("chunking", "dedup"),
+    "data_generation": ("generation",),
+    "training": ("training",),
+    "deployment": ("export",),
+}
+
+
 class MochiConfig(Section):
     repo: RepoSettings = Field(default_factory=RepoSettings)
-    artifacts_root: str = Field("", description="Where every artifact is written; '' = <repository>/.mochi (git-ignored).")
+    artifacts_root: str = Field(
+        "", description="Where every artifact is written; '' = <repository>/.mochi (git-ignored)."
+    )
     sources: SourceSettings = Field(default_factory=SourceSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
@@ -37,6 +49,10 @@ class MochiConfig(Section):
 
     # Filled in by ``load_config``: the directory relative paths are resolved against.
     base_dir: str = Field("", exclude=True, description="Directory of mochi.yaml (internal).")
+
+    def layer_signature(self, layer: str) -> str:
+        """Signature of the sections ``layer`` reads ('' for an unknown layer)."""
+        return "-".join(getattr(self, name).signature() for name in LAYER_SECTIONS.get(layer, ()))
 
     @property
     def is_remote(self) -> bool:

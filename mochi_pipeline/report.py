@@ -31,9 +31,10 @@ def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Defini
             print(f"{name}: not materialized yet")
             continue
         metadata = event.asset_materialization.metadata
-        facts = [f"{k}={s}" for k, v in metadata.items() if (s := _short(v)) is not None and not k.startswith("dagster/")]
+        facts = [f"{k}={s}" for k, v in metadata.items()
+                 if (s := _short(v)) is not None and not k.startswith(("dagster/", "mochi/"))]
         print(f"{name}: " + ("; ".join(facts) if facts else "materialized"))
         if name in FULL_TEXT_ASSETS:
-            for k, v in metadata.items():
+            for v in metadata.values():
                 if isinstance(v.value, str) and "\n" in v.value and "data:image" not in v.value:
                     print(f"\n{v.value.strip()}\n")

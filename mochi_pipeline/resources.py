@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, PrivateAttr
 from mochi_pipeline.config import MochiConfig, load_config
 from mochi_pipeline.storage import atomic_write_text
 
+CONFIG_SIGNATURE_KEY = "mochi/config_signature"
+
 
 class MochiProject(dg.ConfigurableResource):
     """The target project: its ``mochi.yaml`` and everything derived from it.
@@ -62,6 +64,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
+        if context.has_asset_key:  # lets `mochi status` tell when an edit of mochi.yaml made this stale
+            signature = self.project.config.layer_signature(context.asset_spec.group_name or "")
+            context.add_output_metadata({CONFIG_SIGNATURE_KEY: signature})
         base = self._base(context)
         if isinstance(obj, BaseModel):
             header = {"record": _qualname(type(obj)), "many": False}

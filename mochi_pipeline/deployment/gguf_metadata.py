@@ -1,11 +1,9 @@
-"""Read what a GGUF file says about its tokenizer and chat format (no model weights loaded)."""
+"""Read what a GGUF file says about its tokenizer and chat format (vocabulary only, no weights)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from gguf import GGUFReader
 
 
 @dataclass(frozen=True)
@@ -20,26 +18,28 @@ class GGUFChatInfo:
     add_bos_token: bool
 
 
-def _scalar(reader: GGUFReader, key: str):
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
-
-
 def read_chat_info(path: str | Path) -> GGUFChatInfo:
-    reader = GGUFReader(str(path))
-    tokens = reader.fields["tokenizer.ggml.tokens"]
+    """Loads just the vocabulary with the llama.cpp runtime (Python GGUF readers are slow on 100k-token vocabs)."""
+    import llama_cpp
 
-    def token(key: str) -> str | None:
-        idx = _scalar(reader, key)
-        return None if idx is None else tokens.contents(int(idx))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
 
-    return GGUFChatInfo(
-        architecture=str(_scalar(reader, "general.architecture") or ""),
-        name=str(_scalar(reader, "general.name") or Path(path).stem),
-        chat_template=_scalar(reader, "tokenizer.chat_template"),
-        bos_token=token("tokenizer.ggml.bos_token_id"),
-        eos_token=token("tokenizer.ggml.eos_token_id"),
-        eos_token_id=_scalar(reader, "tokenizer.ggml.eos_token_id"),
-        eot_token=token("tokenizer.ggml.eot_token_id"),
-        add_bos_token=bool(_scalar(reader, "tokenizer.ggml.add_bos_token")),
-    )
+        def text(token: int) -> str | None:
+            return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8") if token >= 0 else None
+
+        eos, eot = llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)
+        meta = llm.metadata
+        return GGUFChatInfo(
+            architecture=meta.get("general.architecture", ""),
+            name=meta.get("general.name", Path(path).stem),
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
+            eos_token=text(eos),
+            eos_token_id=eos if eos >= 0 else None,
+            eot_token=text(eot) if eot != eos else None,
+            add_bos_token=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        )
+    finally:
+        llm.close()

@@ -69,8 +69,10 @@ def test_lora_training_lowers_the_loss_and_moves_the_adapter(materialized):
     adapter = records["fine_tuned_adapter"]
     history = json.loads((Path(adapter.path) / "loss_history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
-    assert len(losses) == 10
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    assert len(losses) == 10 and len(eval_losses) == 2
+    assert min(losses[-3:]) < losses[0]  # per-batch losses are noisy: compare the tail's best with the start
+    assert eval_losses[-1] < eval_losses[0]
     weights = load_file(str(Path(adapter.path) / "adapter_model.safetensors"))
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained

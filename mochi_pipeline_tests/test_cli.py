@@ -1,0 +1,77 @@
+"""The `mochi` command as a user runs it: a subprocess in a real repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mochi_pipeline_tests.repo_factory import commit
+
+
+def mochi(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
+    proc = subprocess.run([sys.executable, "-m", "mochi_pipeline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mochi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def repo(sample_repo, tmp_path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(sample_repo, copy)
+    return copy
+
+
+def status_of(cwd: Path) -> dict[str, str]:
+    out = mochi(cwd, "status").stdout
+    return {parts[1]: parts[0] for line in out.splitlines() if len(parts := line.split()) == 2}
+
+
+def test_init_run_status_follow_commits_and_config_edits(repo):
+    mochi(repo, "init")
+    assert (repo / "mochi.yaml").is_file() and ".mochi/" in (repo / ".gitignore").read_text()
+    assert "already exists" in mochi(repo, "init", check=False).stderr
+
+    run = mochi(repo, "run", "--select", "+deduplicated_chunks")
+    assert "Materializing 3 asset(s)" in run.stdout
+    status = status_of(repo)
+    assert status["source_files"] == status["code_chunks"] == status["deduplicated_chunks"] == "FRESH"
+    assert status["training_dataset"] == "MISSING"
+    assert (repo / ".mochi" / "assets" / "deduplicated_chunks.jsonl").is_file()
+
+    # A new commit: the repository's data version (its SHA) moves, so what reads it is stale.
+    commit(repo, "Add a helper", "2024-06-01T10:00:00+00:00", {"pkg/extra.py": "def extra():\n    return 1\n"})
+    assert status_of(repo)["source_files"] == "STALE"
+    mochi(repo, "run", "--select", "+deduplicated_chunks")
+    assert status_of(repo)["deduplicated_chunks"] == "FRESH"
+
+    # An edit of the chunking settings makes the preprocessing layer stale, not ingestion.
+    text = (repo / "mochi.yaml").read_text().replace("max_tokens: 512", "max_tokens: 300")
+    (repo / "mochi.yaml").write_text(text)
+    status = status_of(repo)
+    assert status["source_files"] == "FRESH"
+    assert status["code_chunks"] == status["deduplicated_chunks"] == "STALE"
+
+
+def test_errors_are_one_readable_paragraph(repo, tmp_path):
+    (repo / "mochi.yaml").write_text("dedup:\n  threshold: 3\n")
+    proc = mochi(repo, "status", check=False)
+    assert proc.returncode == 2
+    assert "dedup.threshold = 3" in proc.stderr and "Traceback" not in proc.stderr
+
+    plain = tmp_path / "not-a-repo"
+    plain.mkdir()
+    proc = mochi(plain, "run", "--select", "source_files", check=False)
+    assert proc.returncode != 0
+    assert "not a git repository" in proc.stderr and "Traceback" not in proc.stderr
+
+    (repo / "mochi.yaml").unlink()
+    proc = mochi(repo, "run", "--select", "nonexistent", check=False)
+    assert "Unknown asset 'nonexistent'" in proc.stderr
