@@ -205,16 +205,17 @@ def cmd_serve(args) -> None:
     from mochi_pipeline.deployment.server import serve
 
     cfg = load_config()
-    model = Path(args.model) if args.model else _latest_gguf(cfg, args.quantization)
-    serve(model, host=args.host, port=args.port)
+    exp = cfg.export
+    model = Path(args.model) if args.model else _exported_gguf(cfg, args.quantization)
+    serve(model, host=args.host or exp.host, port=args.port or exp.port, model_id=exp.name, n_ctx=exp.n_ctx)
 
 
-def _latest_gguf(cfg: MochiConfig, quantization: str) -> Path:
-    found = sorted((cfg.artifacts_path / "gguf").glob(f"*{quantization}*.gguf"))
-    if not found:
-        raise CLIError(f"No {quantization} GGUF under {cfg.artifacts_path / 'gguf'}. Run `mochi export` first, "
-                       "or pass --model PATH.")
-    return found[-1]
+def _exported_gguf(cfg: MochiConfig, quantization: str) -> Path:
+    path = cfg.artifacts_path / "gguf" / "model" / f"{cfg.export.name}-{quantization}.gguf"
+    if not path.is_file():
+        raise CLIError(f"No {path.name} under {path.parent}. Run `mochi export` first (with {quantization} in "
+                       "export.quantizations), or pass --model PATH.")
+    return path
 
 
 def cmd_ui(args) -> None:
@@ -254,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="OpenAI-compatible server (+ /infill) over the exported GGUF.")
     s.add_argument("--model", help="GGUF file (default: the latest exported one).")
     s.add_argument("--quantization", default="q8_0")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--host", help="Default: export.host in mochi.yaml (127.0.0.1).")
+    s.add_argument("--port", type=int, help="Default: export.port in mochi.yaml (8080).")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("ui", help="Open the Dagster web UI on this project.")

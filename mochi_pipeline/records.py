@@ -93,7 +93,9 @@ class TrainingExample(Record):
     instruction: str
     context: str = ""
     response: str
-    task: str = Field(description="next_line, next_block, fim, explain, implement, commit_message, commit_change, qa, ...")
+    task: str = Field(
+        description="next_line, next_block, fim_psm, fim_spm, explain, implement, commit_message, commit_change, qa"
+    )
     generator: str = Field(description="completion_pairs, doc_code_mapping, commit_pairs or qa_generator.")
     path: str = ""
     commit: str = ""

@@ -38,3 +38,36 @@ def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Defini
             for v in metadata.values():
                 if isinstance(v.value, str) and "\n" in v.value and "data:image" not in v.value:
                     print(f"\n{v.value.strip()}\n")
+    print_gguf_completion(cfg)
+
+
+def gguf_completion(cfg: MochiConfig, quantization: str = "q8_0", max_tokens: int = 48) -> tuple[str, str, str] | None:
+    """(prompt, expected, completion) for a held-out next-line example, completed by llama.cpp from the GGUF."""
+    import json
+
+    from llama_cpp import Llama
+
+    gguf = cfg.artifacts_path / "gguf" / "model" / f"{cfg.export.name}-{quantization}.gguf"
+    eval_file = cfg.artifacts_path / "dataset" / "eval.jsonl"
+    if not gguf.is_file() or not eval_file.is_file():
+        return None
+    with eval_file.open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    row = next((r for r in rows if r["task"] == "next_line" and r["text"].endswith(r["response"])), None)
+    if row is None:
+        return None
+    prompt = row["text"][: len(row["text"]) - len(row["response"])]
+    llm = Llama(model_path=str(gguf), n_ctx=1024, seed=0, verbose=False)
+    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=["\n\n"])
+    return prompt, row["response"], out["choices"][0]["text"]
+
+
+def print_gguf_completion(cfg: MochiConfig) -> None:
+    result = gguf_completion(cfg)
+    if result is None:
+        print("\n(no exported q8_0 GGUF or held-out example yet: run `mochi export`)")
+        return
+    prompt, expected, completion = result
+    tail = "\n".join(prompt.rstrip("\n").splitlines()[-6:])
+    print(f"\nllama.cpp completion from the exported q8_0 GGUF (a held-out file):\n--- prompt (last lines)\n{tail}"
+          f"\n--- expected next line\n{expected.rstrip()}\n--- model\n{completion.rstrip()}\n---")

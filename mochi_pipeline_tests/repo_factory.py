@@ -303,7 +303,8 @@ def make_sample_repo(root: Path) -> Path:
     commit(repo, "Make clamp reject an empty range with a clear error", "2024-05-01T10:00:00+00:00", {
         "pkg/util.py": UTIL_PY.replace(
             '    """Clamp ``value`` into [low, high]."""\n',
-            '    """Clamp ``value`` into [low, high]."""\n    if low > high:\n        raise ValueError("empty range")\n',
+            '    """Clamp ``value`` into [low, high]."""\n'
+            '    if low > high:\n        raise ValueError("empty range")\n',
         ),
     })
     return repo

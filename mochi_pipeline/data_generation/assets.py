@@ -1,6 +1,5 @@
 """Dagster assets of the data_generation layer (thin wrappers over the logic modules beside this file)."""
 
-import base64
 import io
 import json
 from collections import Counter
@@ -14,9 +13,10 @@ from mochi_pipeline.data_generation import dataset_builder
 from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs as map_docs_to_code
 from mochi_pipeline.data_generation.llm_client import QALLM, AutoQA, QAEndpointError
 from mochi_pipeline.data_generation.qa_generator import qa_pairs as ask_qa_pairs
+from mochi_pipeline.metadata import png_markdown, records_hash
 from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
 from mochi_pipeline.resources import MochiProject
-from mochi_pipeline.storage import atomic_write_bytes, content_hash
+from mochi_pipeline.storage import atomic_write_bytes
 
 GROUP = "data_generation"
 NO_CODE = (
@@ -45,7 +45,7 @@ def _examples_output(
         context.log.info(f"{name}: produced {len(examples)} examples.")
     return dg.Output(
         examples,
-        data_version=dg.DataVersion(content_hash(*(ex.model_dump_json() for ex in examples))),
+        data_version=dg.DataVersion(records_hash(examples)),
         metadata={
             "n_examples": len(examples),
             "by_task": dg.MetadataValue.json(dict(Counter(ex.task for ex in examples))),
@@ -299,9 +299,7 @@ def training_dataset(
             "dropped": dg.MetadataValue.json(artifact.dropped),
             "eval_sources": dg.MetadataValue.json(artifact.eval_sources),
             "empty_generators": ", ".join(empty_sources) or "none",
-            "token_lengths": dg.MetadataValue.md(
-                f"![token lengths](data:image/png;base64,{base64.b64encode(png).decode()})"
-            ),
+            "token_lengths": png_markdown(png, "token lengths"),
             "token_lengths_png": dg.MetadataValue.path(str(plot_path)),
             "samples": dg.MetadataValue.md(_preview(samples)),
         },

@@ -1,16 +1,15 @@
 """Dagster assets of the ingestion layer (thin wrappers over the logic modules beside this file)."""
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import dagster as dg
-from pydantic import BaseModel
 
 from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository
 from mochi_pipeline.ingestion.source_loader import load_source_files
+from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.records import Commit
 from mochi_pipeline.resources import MochiProject
-from mochi_pipeline.storage import content_hash
 
 GROUP = "ingestion"
 PREVIEW_ROWS = 15
@@ -24,20 +23,6 @@ def _open(project: MochiProject) -> tuple[Repository, str]:
         return repo, repo.resolve_rev(cfg.repo.rev)
     except GitError as err:  # shown in the UI as the failure's description, not a traceback
         raise dg.Failure(description=str(err)) from None
-
-
-def _records_hash(records: Sequence[BaseModel]) -> str:
-    return content_hash(*(r.model_dump_json() for r in records))
-
-
-def _md_cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 @dg.observable_source_asset(
@@ -73,13 +58,13 @@ def source_files(context: dg.AssetExecutionContext, project: MochiProject) -> It
     files, skipped = load_source_files(repo, sha, project.config.sources)
     context.log.info(f"Read {len(files)} files at {sha[:12]}; skipped {sum(skipped.values())} ({skipped})")
     by_language = dict(sorted(Counter(f.language for f in files).items()))
-    preview = _md_table(
+    preview = md_table(
         ["path", "language", "bytes", "last change"],
         [(f.path, f.language, f.size, f.last_commit_date[:10]) for f in files[:PREVIEW_ROWS]],
     )
     yield dg.Output(
         files,
-        data_version=dg.DataVersion(_records_hash(files)),
+        data_version=dg.DataVersion(records_hash(files)),
         metadata={
             "commit": sha,
             "files": len(files),
@@ -120,14 +105,14 @@ def commit_history(
     except GitError as err:
         raise dg.Failure(description=str(err)) from None
     context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
-    preview = _md_table(
+    preview = md_table(
         ["sha", "date", "author", "subject", "files", "+", "-"],
         [(c.sha[:10], c.date[:10], c.author_name, c.message.splitlines()[0] if c.message else "", len(c.files),
           sum(f.additions for f in c.files), sum(f.deletions for f in c.files)) for c in commits[:PREVIEW_ROWS]],
     )
     yield dg.Output(
         commits,
-        data_version=dg.DataVersion(_records_hash(commits)),
+        data_version=dg.DataVersion(records_hash(commits)),
         metadata={
             "commit": sha,
             "commits": len(commits),

@@ -11,16 +11,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 
 import dagster as dg
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from mochi_pipeline.ingestion.doc_parser import parse_document
 from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
+from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, normalized_hash
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
 from mochi_pipeline.records import Chunk, DocSection, SourceFile
 from mochi_pipeline.resources import MochiProject
-from mochi_pipeline.storage import content_hash
 
 GROUP = "preprocessing"
 PREVIEW_ROWS = 20
@@ -33,19 +33,6 @@ TEXT_DOC_DIRS = frozenset({"doc", "docs", "documentation"})
 
 class PreprocessingRunConfig(dg.Config):
     workers: int = Field(2, ge=1, description="Processes that parse files and compute MinHash signatures.")
-
-
-def _records_hash(records: Sequence[BaseModel], *extra: str) -> str:
-    return content_hash(*extra, *(r.model_dump_json() for r in records))
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")[:80]
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _is_text_doc(path: str) -> bool:
@@ -83,12 +70,12 @@ def doc_sections(
                 dropped["empty_after_normalisation"] += 1
     context.log.info(f"{len(sections)} doc sections from {len(source_files) - sum(skipped.values())} documents")
     by_format = dict(sorted(Counter(s.format for s in sections).items()))
-    preview = _md_table(["path", "heading", "lines", "text"],
+    preview = md_table(["path", "heading", "lines", "text"],
                         [(s.path, " / ".join(s.heading_path), f"{s.start_line}-{s.end_line}", s.text)
                          for s in sections[:PREVIEW_ROWS]])
     yield dg.Output(
         sections,
-        data_version=dg.DataVersion(_records_hash(sections)),
+        data_version=dg.DataVersion(records_hash(sections)),
         metadata={
             "sections": len(sections),
             "sections_by_format": dg.MetadataValue.json(by_format),
@@ -104,7 +91,7 @@ def doc_sections(
 
 
 def _chunk_preview(chunks: Sequence[Chunk]) -> str:
-    return _md_table(["path", "symbol", "kind", "lines", "tokens"],
+    return md_table(["path", "symbol", "kind", "lines", "tokens"],
                      [(c.path, c.symbol, c.kind, f"{c.start_line}-{c.end_line}", c.n_tokens)
                       for c in chunks[:PREVIEW_ROWS]])
 
@@ -143,7 +130,7 @@ def code_chunks(
     context.log.info(f"{len(chunks)} chunks from {len(code)} files ({stats.cache_hits} cached, modes {stats.modes})")
     yield dg.Output(
         chunks,
-        data_version=dg.DataVersion(_records_hash(chunks, str(settings))),
+        data_version=dg.DataVersion(records_hash(chunks, str(settings))),
         metadata={
             "chunks": len(chunks),
             "files": len(code),
@@ -187,14 +174,14 @@ def deduplicated_chunks(
     context.log.info(f"Kept {len(result.kept)} of {result.total} chunks; dropped {result.dropped}")
     by_id = {c.id: c for c in code_chunks}
     largest = sorted(result.clusters, key=lambda ids: (-len(ids), ids[0]))[:PREVIEW_ROWS]
-    clusters_md = _md_table(
+    clusters_md = md_table(
         ["size", "kept", "dropped (first 3)"],
         [(len(ids), f"{by_id[ids[0]].path}:{by_id[ids[0]].start_line} {by_id[ids[0]].symbol}",
           ", ".join(f"{by_id[i].path}:{by_id[i].start_line}" for i in ids[1:4])) for ids in largest],
     )
     yield dg.Output(
         result.kept,
-        data_version=dg.DataVersion(_records_hash(result.kept, str(settings))),
+        data_version=dg.DataVersion(records_hash(result.kept, str(settings))),
         metadata={
             "kept": len(result.kept),
             "input": result.total,

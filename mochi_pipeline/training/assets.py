@@ -5,12 +5,12 @@ signature is recorded as metadata and hashed into each output's data version.
 """
 
 
-import base64
 from pathlib import Path
 
 import dagster as dg
 
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
+from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.resources import MochiProject
 from mochi_pipeline.storage import content_hash
 from mochi_pipeline.training import evaluation, merge, trainer
@@ -21,10 +21,6 @@ from mochi_pipeline.training.tiny_base import TINY_VERSION, pretrain_report
 
 GROUP = "training"
 LOGIC_VERSION = "1"
-
-
-def _png_md(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def _dir_hash(path: Path) -> str:
@@ -100,7 +96,7 @@ def fine_tuned_adapter(
         "best_eval_loss": result.best_eval_loss,
         "resumed_from": result.resumed_from or "(fresh run)",
         "seconds": result.seconds,
-        "loss_curve": _png_md(curve.read_bytes(), "loss curve"),
+        "loss_curve": png_markdown(curve.read_bytes(), "loss curve"),
         "loss_curve_png": dg.MetadataValue.path(str(curve)),
     })
     first, last = result.first_train_loss, result.last_train_loss
@@ -136,7 +132,7 @@ def evaluation_report(
     base, tuned = report["base"]["overall"], report["fine_tuned"]["overall"]
     return dg.Output(record, data_version=dg.DataVersion(content_hash(record.model_dump_json())), metadata={
         "report": dg.MetadataValue.md(markdown),
-        "plot": _png_md((out_dir / evaluation.REPORT_PNG).read_bytes(), "perplexity per task"),
+        "plot": png_markdown((out_dir / evaluation.REPORT_PNG).read_bytes(), "perplexity per task"),
         "plot_png": dg.MetadataValue.path(str(out_dir / evaluation.REPORT_PNG)),
         "perplexity_base": base["perplexity"],
         "perplexity_fine_tuned": tuned["perplexity"],

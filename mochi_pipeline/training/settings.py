@@ -71,7 +71,7 @@ class TrainingSettings(Section):
     tiny_pretrain_steps: int = Field(
         60, ge=1,
         description="Optimiser steps of the `tiny` base's pre-training on Python's standard library "
-        "(8 x 256 tokens each; about 4 s per step on 2 free cores, slower on a busy machine). "
+        "(8 x 256 tokens each; about 3 s per step on 2 free cores, so the default takes 3-7 min). "
         "Each value is built once and cached.",
     )
 

@@ -3,7 +3,9 @@
 Built once per pre-training budget and cached under ``cache_root()/tiny-base-v<N>-s<steps>``:
 the StarCoder tokenizer (from llama.cpp's vocabulary GGUF, so llama.cpp converts the result), a
 ~7M-parameter ``LlamaForCausalLM``, pre-trained (seeded) on Python's own standard library so that
-fine-tuning gains measured later are gains over a model that can already read code.
+fine-tuning gains measured later are gains over a model that can already read code. Like
+StarCoder, half of the files are seen in fill-in-the-middle order, so the FIM sentinel tokens the
+training data uses are known tokens, not untrained embeddings.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
 from mochi_pipeline.storage import atomic_directory, atomic_write_text
 
-TINY_VERSION = 1  # bump when the architecture, corpus or recipe changes
+TINY_VERSION = 2  # bump when the architecture, corpus or recipe changes
 SEQ_LEN = 256
 BATCH = 8
 EVAL_BLOCKS = 16
 PRETRAIN_FILE = "pretrain.json"
 EOS = "<|endoftext|>"
+FIM_RATE = 0.5
 
 
 def tiny_base_dir(steps: int) -> Path:
@@ -91,13 +94,22 @@ def stdlib_sources(seed: int) -> list[Path]:
     return files
 
 
-def _token_blocks(tokenizer: PreTrainedTokenizerBase, files: list[Path], n_blocks: int) -> torch.Tensor:
+def fim_document(text: str, rng: random.Random) -> str:
+    """The file in prefix-suffix-middle order with StarCoder's sentinels (cut at two random characters)."""
+    a, b = sorted(rng.randrange(len(text) + 1) for _ in range(2))
+    return f"<fim_prefix>{text[:a]}<fim_suffix>{text[b:]}<fim_middle>{text[a:b]}"
+
+
+def _token_blocks(tokenizer: PreTrainedTokenizerBase, files: list[Path], n_blocks: int, seed: int) -> torch.Tensor:
     """``n_blocks`` rows of SEQ_LEN tokens from consecutive files, separated by the eos token."""
     eos = tokenizer.convert_tokens_to_ids(EOS)
     need = n_blocks * SEQ_LEN
+    rng = random.Random(seed)
     ids: list[int] = []
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
+        if text and rng.random() < FIM_RATE:
+            text = fim_document(text, rng)
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos])
         if len(ids) >= need:
             break
@@ -121,8 +133,8 @@ def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None
     model = LlamaForCausalLM(tiny_config(tokenizer))
     files = stdlib_sources(seed)
     # Held-out files come first in the shuffled order, training files after them: no overlap.
-    held_out = _token_blocks(tokenizer, files[:40], EVAL_BLOCKS)
-    train = _token_blocks(tokenizer, files[40:], steps * BATCH)
+    held_out = _token_blocks(tokenizer, files[:40], EVAL_BLOCKS, seed)
+    train = _token_blocks(tokenizer, files[40:], steps * BATCH, seed + 1)
     loss_before = _mean_loss(model, held_out)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
@@ -160,7 +172,7 @@ def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None
         "random_loss": round(math.log(len(tokenizer)), 3),
         "held_out_loss_before": round(loss_before, 4),
         "held_out_loss_after": round(loss_after, 4),
-        "corpus": f"Python {sysconfig.get_python_version()} standard library",
+        "corpus": f"Python {sysconfig.get_python_version()} standard library, {FIM_RATE:.0%} of files in FIM order",
         "history": history,
     }
     atomic_write_text(out / PRETRAIN_FILE, json.dumps(report, indent=1))

@@ -20,6 +20,7 @@ import torch
 from transformers import (
     EarlyStoppingCallback,
     PrinterCallback,
+    Trainer,
     TrainerCallback,
     TrainerControl,
     TrainerState,
@@ -85,6 +86,51 @@ class LogProgress(TrainerCallback):
         self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
 
+class PackedRowsCollator:
+    """Batches packed rows as ``[batch, length]`` with per-example ``position_ids`` and no attention mask.
+
+    TRL flattens a packed batch into one long row (padding-free), which only FlashAttention runs
+    cheaply. With SDPA/eager attention that row costs ``(batch x length)^2`` attention and a mask
+    as large; kept as separate rows, transformers still reads the example boundaries from the
+    restarting ``position_ids`` and builds a block-diagonal causal mask per row.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), length), -100, dtype=torch.long)
+        position_ids = torch.arange(length).repeat(len(examples), 1)  # padding: one more "example"
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            input_ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            position_ids[i, :n] = torch.cat([torch.arange(k) for k in e["seq_lengths"]])
+        labels[position_ids == 0] = -100  # an example's first token has nothing before it to predict from
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+class MochiSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` that, without CUDA, takes the model's own cross-entropy as the loss.
+
+    TRL computes the loss through a chunked "fused LM head" and adds entropy/accuracy metrics; it
+    saves GPU memory, but on a CPU with a 49k-token vocabulary it about doubles the cost of a step.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if torch.cuda.is_available():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+def use_packed_rows(trainer: SFTTrainer, packing: bool) -> None:
+    """Packed batches as rows unless FlashAttention runs TRL's flattened (padding-free) batches."""
+    if packing and not str(trainer.model.config._attn_implementation).startswith("flash"):
+        trainer.data_collator = PackedRowsCollator(trainer.processing_class.pad_token_id)
+
+
 def check_method_supported(method: str) -> None:
     if method != "qlora":
         return
@@ -143,10 +189,11 @@ def train(
     all_callbacks: list[TrainerCallback] = [LogProgress(log), *callbacks]
     if eval_set is not None and settings.early_stopping_patience:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer = MochiSFTTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         peft_config=peft_config, callbacks=all_callbacks,
     )
+    use_packed_rows(trainer, settings.packing)
     trainer.remove_callback(PrinterCallback)  # LogProgress reports the same lines through `log`
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())

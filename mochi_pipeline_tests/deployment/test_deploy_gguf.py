@@ -151,3 +151,17 @@ def test_full_fine_tuning_has_no_lora_to_export(tiny_model, tmp_path):
                                             method="full")
     assert result.success and "no adapter" in values["gguf_lora_adapter"].skipped
     assert not (tmp_path / "artifacts" / "gguf").exists()
+
+
+def test_export_for_the_cli(tiny_model, tmp_path):
+    """exporter.export: GGUF + verification + Modelfile in one call (what `mochi export` runs)."""
+    from mochi_pipeline.deployment.exporter import export
+
+    messages: list[str] = []
+    result = export(tiny_model[0], tmp_path, ExportSettings(quantizations=["q8_0"], model_name="cli"),
+                    log=messages.append)
+    assert [f.quantization for f in result.gguf.files] == ["q8_0"]
+    assert result.verification.passed and result.verification.checks[0].top1_agreement >= 0.95
+    assert Path(result.modelfile.path) == tmp_path / "Modelfile"
+    assert "FROM ./cli-q8_0.gguf" in (tmp_path / "Modelfile").read_text()
+    assert any("q8_0" in m for m in messages)
