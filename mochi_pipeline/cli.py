@@ -193,6 +193,15 @@ def cmd_report(args) -> None:
 
 def cmd_export(args) -> None:
     cfg = load_config()
+    if args.model_dir:  # any Hugging Face model directory, outside the pipeline
+        from mochi_pipeline.deployment.exporter import export
+
+        out = Path(args.out or cfg.artifacts_path / "gguf" / "external")
+        result = export(args.model_dir, out, cfg.export)
+        if result.verification is not None:
+            print(result.verification.markdown())
+        print(f"Exports under {out}")
+        return
     defs, instance = _defs(), _instance(cfg)
     _observe_repository(defs, instance)
     stale = {k for k, (status, _) in _stale_keys(defs, instance, cfg).items() if status != "FRESH"}
@@ -250,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="Show which assets are fresh, stale or missing, and why.")
     s.set_defaults(func=cmd_status)
     sub.add_parser("report", help="Print what the last runs produced.").set_defaults(func=cmd_report)
-    sub.add_parser("export", help="Build GGUF files and the Ollama Modelfile.").set_defaults(func=cmd_export)
+    s = sub.add_parser("export", help="Build GGUF files and the Ollama Modelfile (of the pipeline's model, "
+                       "or of --model-dir).")
+    s.add_argument("--model-dir", help="A Hugging Face model directory to export instead of the pipeline's model.")
+    s.add_argument("--out", help="Output directory for --model-dir (default: <artifacts>/gguf/external).")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server (+ /infill) over the exported GGUF.")
     s.add_argument("--model", help="GGUF file (default: the latest exported one).")
