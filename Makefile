@@ -28,6 +28,7 @@ dev: $(STAMP)
 	$(BIN)/mochi ui
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/ingestion.py
 	$(BIN)/python benchmarks/data_prep.py .
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/serving.py

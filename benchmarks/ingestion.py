@@ -15,12 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
-
-from mochi_pipeline.ingestion.git_connector import open_repository  # noqa: E402
-from mochi_pipeline.ingestion.settings import SourceSettings  # noqa: E402
-from mochi_pipeline.ingestion.source_loader import load_source_files  # noqa: E402
-from mochi_pipeline_tests.repo_factory import commit, git  # noqa: E402
+from mochi_pipeline.ingestion.git_connector import open_repository
+from mochi_pipeline.ingestion.settings import SourceSettings
+from mochi_pipeline.ingestion.source_loader import load_source_files
+from mochi_pipeline_tests.repo_factory import commit, git
 
 
 def build_repo(root: Path, n_files: int, n_commits: int) -> Path:

@@ -58,7 +58,7 @@ def gguf_completion(cfg: MochiConfig, quantization: str = "q8_0", max_tokens: in
         return None
     prompt = row["text"][: len(row["text"]) - len(row["response"])]
     llm = Llama(model_path=str(gguf), n_ctx=1024, seed=0, verbose=False)
-    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=["\n\n"])
+    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=["\n"])
     return prompt, row["response"], out["choices"][0]["text"]
 
 

@@ -15,7 +15,7 @@ from mochi_pipeline.resources import MochiProject
 from mochi_pipeline.storage import content_hash
 from mochi_pipeline.training import evaluation, merge, trainer
 from mochi_pipeline.training.artifacts import BaseModelArtifact, EvaluationReport, FineTunedAdapter, MergedModel
-from mochi_pipeline.training.base_models import BaseModelError, resolve_base
+from mochi_pipeline.training.base_models import BaseModelError, resolve_base, with_preset_defaults
 from mochi_pipeline.training.sft_data import DatasetError, load_dataset_dict
 from mochi_pipeline.training.tiny_base import TINY_VERSION, pretrain_report
 
@@ -33,7 +33,7 @@ def _dir_hash(path: Path) -> str:
 @dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"}, code_version=f"{LOGIC_VERSION}-tiny{TINY_VERSION}")
 def base_model(context: dg.AssetExecutionContext, project: MochiProject) -> dg.Output[BaseModelArtifact]:
     """The base model to fine-tune: the offline `tiny` model (built and cached once) or a hub/local model."""
-    settings = project.config.training
+    settings = with_preset_defaults(project.config.training)
     try:
         resolved = resolve_base(settings.base_model, settings.tiny_pretrain_steps, log=context.log.info)
     except BaseModelError as err:
@@ -66,7 +66,7 @@ def fine_tuned_adapter(
     training_dataset: TrainingDatasetArtifact,
 ):
     """LoRA/QLoRA adapter (or fully fine-tuned weights) trained with TRL's SFTTrainer; resumes a killed run."""
-    settings = project.config.training
+    settings = with_preset_defaults(project.config.training)
     try:
         data = load_dataset_dict(training_dataset)
         result = trainer.train(data, base_model.resolved(), settings, project.artifacts / "training",
@@ -117,7 +117,7 @@ def evaluation_report(
     training_dataset: TrainingDatasetArtifact,
 ) -> dg.Output[EvaluationReport]:
     """Base vs fine-tuned on the held-out split: perplexity per task/language, next-line exact match."""
-    settings = project.config.training
+    settings = with_preset_defaults(project.config.training)
     out_dir = project.artifacts / "training" / "evaluation"
     try:
         report = evaluation.evaluate(

@@ -41,7 +41,10 @@ class TrainingSettings(Section):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of the steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     epochs: float = Field(3.0, gt=0, description="Passes over the training split (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, description="Stop after this many optimiser steps; -1 = run `epochs` epochs.")
+    max_steps: int = Field(
+        -1, description="Stop after this many optimiser steps; -1 = run `epochs` epochs. Base presets may change "
+        "defaults of keys you leave out (tiny: 100 steps, lr 1e-3, sequence 256, batch 8).",
+    )
     batch_size: int = Field(4, ge=1, description="Sequences per device per step.")
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimiser step.")
     gradient_checkpointing: bool = Field(
@@ -69,9 +72,9 @@ class TrainingSettings(Section):
 
     # The offline `tiny` base
     tiny_pretrain_steps: int = Field(
-        60, ge=1,
+        200, ge=1,
         description="Optimiser steps of the `tiny` base's pre-training on Python's standard library "
-        "(8 x 256 tokens each; about 3 s per step on 2 free cores, so the default takes 3-7 min). "
+        "(8 x 256 tokens each; about 3 s per step on 2 free cores, so the default takes about 10 min). "
         "Each value is built once and cached.",
     )
 
