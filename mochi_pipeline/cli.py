@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mochi_pipeline.config import CONFIG_ENV, CONFIG_FILE, ConfigError, MochiConfig, load_config
+from mochi_pipeline.ingestion.git_connector import redact
 from mochi_pipeline.storage import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the mochi checkout (workspace.yaml, dagster.yaml)
@@ -177,7 +178,7 @@ def cmd_status(args) -> None:
     cfg = load_config()
     defs, instance = _defs(), _instance(cfg)
     _observe_repository(defs, instance)
-    print(f"Project: {cfg.repo_source} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
+    print(f"Project: {redact(cfg.repo_source)} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
     for key, (status, causes) in _stale_keys(defs, instance, cfg).items():
         print(f"  {status:8} {key.to_user_string()}")
         for cause in causes[:3]:

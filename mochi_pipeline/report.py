@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mochi_pipeline.config import MochiConfig
+from mochi_pipeline.ingestion.git_connector import redact
 
 # Metadata too long for a terminal line (tables, images) is shown only for these assets.
 FULL_TEXT_ASSETS = {"evaluation_report"}
@@ -21,7 +22,7 @@ def _short(value: dg.MetadataValue) -> str | None:
 
 def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
-    print(f"mochi report for {cfg.repo_source} (artifacts: {cfg.artifacts_path})\n")
+    print(f"mochi report for {redact(cfg.repo_source)} (artifacts: {cfg.artifacts_path})\n")
     for key in graph.toposorted_asset_keys:
         if not graph.get(key).is_materializable:
             continue

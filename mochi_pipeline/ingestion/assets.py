@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository
+from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository, redact
 from mochi_pipeline.ingestion.source_loader import load_source_files
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.records import Commit
@@ -33,10 +33,10 @@ def _open(project: MochiProject) -> tuple[Repository, str]:
 )
 def git_repository(context: dg.AssetExecutionContext, project: MochiProject) -> dg.ObserveResult:
     repo, sha = _open(project)
-    context.log.info(f"{project.config.repo_source} at {project.config.repo.rev} is {sha}")
+    context.log.info(f"{redact(project.config.repo_source)} at {project.config.repo.rev} is {sha}")
     return dg.ObserveResult(
         data_version=dg.DataVersion(sha),
-        metadata={"source": project.config.repo_source, "rev": project.config.repo.rev, "commit": sha,
+        metadata={"source": redact(project.config.repo_source), "rev": project.config.repo.rev, "commit": sha,
                   "local_path": dg.MetadataValue.path(str(repo.path))},
     )
 

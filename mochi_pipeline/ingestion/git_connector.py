@@ -37,8 +37,22 @@ _MARK = "%x01mochi-commit%x02"
 _MARK_BYTES = b"\x01mochi-commit\x02"
 
 
+_CREDENTIALS = re.compile(r"(://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the user/password/token part of any URL in it replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 class GitError(RuntimeError):
-    """A git problem worded for the person running mochi: what failed and how to fix it."""
+    """A git problem worded for the person running mochi: what failed and how to fix it.
+
+    Credentials in URLs (``https://user:token@host``) never reach the message, so never a log.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def is_remote_source(source: str) -> bool:

@@ -281,3 +281,14 @@ def test_oversized_diff_keeps_counts_but_drops_text(sample_repo):
     repo = open_repository(str(sample_repo), "/unused")
     (change,) = next(repo.iter_commits("HEAD", 1, max_diff_bytes=50)).files
     assert change.diff == "" and change.additions == 2
+
+
+def test_credentials_in_urls_never_reach_error_messages(tmp_path):
+    from mochi_pipeline.ingestion.git_connector import redact
+
+    assert redact("https://bob:s3cret@example.com/r.git") == "https://***@example.com/r.git"
+    assert redact("see ssh://git@host/x and https://tok@h/y") == "see ssh://***@host/x and https://***@h/y"
+    # A real clone attempt against a closed loopback port: git fails, and the token is not in the error.
+    with pytest.raises(GitError) as err:
+        open_repository("https://bob:s3cret@127.0.0.1:9/r.git", tmp_path / "cache", timeout_s=30)
+    assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
