@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
@@ -442,7 +442,9 @@ def _chunk_batch(tasks: list[tuple[str, str, str]], settings: ChunkingSettings, 
     cache = ChunkCache(cache_root) if cache_root else None
     results = []
     for key, text, language in tasks:
-        result = asdict(chunk_source(text, language, settings))
+        chunked = chunk_source(text, language, settings)
+        # Not dataclasses.asdict: its deep copy of the pieces cost a quarter of the chunking time.
+        result = {"mode": chunked.mode, "pieces": chunked.pieces, "dropped_punctuation": chunked.dropped_punctuation}
         if cache is not None:
             cache.put(key, result)
         results.append(result)
