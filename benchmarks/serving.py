@@ -1,6 +1,6 @@
 """Generation speed: the q8_0 GGUF in llama.cpp vs transformers ``generate`` on the same model and prompts.
 
-    .venv/bin/python benchmarks/serving.py [MODEL_DIR] [--new-tokens 64] [--threads 1]
+    .venv/bin/python benchmarks/serving.py [MODEL_DIR] [--new-tokens 64] [--threads N]
 
 Without MODEL_DIR the random tiny Llama of the deployment tests is used (built once, cached).
 Both sides decode greedily, the same number of new tokens per prompt, on the same CPU threads.
@@ -10,6 +10,7 @@ Target: llama.cpp at least 5x transformers' tokens/s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -62,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", nargs="?", type=Path, help="Hugging Face model directory (merged model)")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for both (1 is steadiest when shared)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads for both (default: all cores; 1 is steadier on a busy machine)")
     args = parser.parse_args()
 
     import torch
