@@ -9,7 +9,6 @@ is copied into this repository.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mochi_pipeline.storage import atomic_directory
+from mochi_pipeline.storage import atomic_directory, file_sha256
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
@@ -38,17 +37,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOCHI_CACHE") or Path.home() / ".cache" / "mochi").expanduser()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download_sdist(dest: Path) -> Path:
     target = dest / SDIST_NAME
-    if target.exists() and _sha256(target) == SDIST_SHA256:
+    if target.exists() and file_sha256(target) == SDIST_SHA256:
         return target
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         cmd = [
@@ -63,7 +54,7 @@ def _download_sdist(dest: Path) -> Path:
                 f"and vocabularies).\n{proc.stderr.strip()[-800:]}\n"
                 f"Fix: check access to PyPI, or place the file in {dest} by hand."
             )
-        digest = _sha256(got)
+        digest = file_sha256(got)
         if digest != SDIST_SHA256:
             raise VendorError(f"{SDIST_NAME} has sha256 {digest}, expected {SDIST_SHA256}; refusing to use it.")
         os.replace(got, target)

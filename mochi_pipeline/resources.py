@@ -67,16 +67,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         if context.has_asset_key:  # lets `mochi status` tell when an edit of mochi.yaml made this stale
             signature = self.project.config.layer_signature(context.asset_spec.group_name or "")
             context.add_output_metadata({CONFIG_SIGNATURE_KEY: signature})
-        base = self._base(context)
-        if isinstance(obj, BaseModel):
-            header = {"record": _qualname(type(obj)), "many": False}
-            atomic_write_text(base.with_suffix(".json"), json.dumps(header) + "\n" + obj.model_dump_json())
-            return
-        if isinstance(obj, list) and all(isinstance(o, BaseModel) for o in obj):
-            cls = type(obj[0]) if obj else BaseModel
-            lines = [json.dumps({"record": _qualname(cls), "many": True})]
-            lines += [o.model_dump_json() for o in obj]
-            atomic_write_text(base.with_suffix(".jsonl"), "\n".join(lines) + "\n")
+        if isinstance(obj, BaseModel) or (isinstance(obj, list) and all(isinstance(o, BaseModel) for o in obj)):
+            write_asset_file(self._base(context), obj)
             return
         raise TypeError(
             f"Asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; "
@@ -107,6 +99,17 @@ def _read(path: Path) -> Any:
         if header["many"]:
             return [cls.model_validate_json(line) for line in fh if line.strip()]
         return cls.model_validate_json(fh.read())
+
+
+def write_asset_file(base: str | Path, obj: BaseModel | list[BaseModel]) -> Path:
+    """Store a record as ``<base>.json`` or a list of records as ``<base>.jsonl`` (atomically)."""
+    base = Path(base)
+    if isinstance(obj, BaseModel):
+        header = {"record": _qualname(type(obj)), "many": False}
+        return atomic_write_text(base.with_suffix(".json"), json.dumps(header) + "\n" + obj.model_dump_json())
+    cls = type(obj[0]) if obj else BaseModel
+    lines = [json.dumps({"record": _qualname(cls), "many": True}), *(o.model_dump_json() for o in obj)]
+    return atomic_write_text(base.with_suffix(".jsonl"), "\n".join(lines) + "\n")
 
 
 def read_asset_file(path: str | Path) -> Any:

@@ -5,7 +5,6 @@ transformers by ``gguf_matches_transformers``; ``gguf_lora_adapter``: the adapte
 GGUF LoRA plus the base it applies to; ``ollama_modelfile``: ready for ``ollama create``.
 """
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,10 @@ from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, e
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
 from mochi_pipeline.deployment.ollama import OllamaModelfile
 from mochi_pipeline.resources import MochiProject
-from mochi_pipeline.storage import content_hash
+from mochi_pipeline.storage import content_hash, file_sha256
 
 GROUP = "deployment"
 GGUF_DIR = "gguf"
-
-
-def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _mib(n: int) -> str:
@@ -63,7 +54,7 @@ def gguf_model(context: dg.AssetExecutionContext, project: MochiProject, merged_
         "directory": dg.MetadataValue.path(result.directory),
         **{f"size_bytes_{f.quantization}": f.size_bytes for f in result.files},
     }
-    version = content_hash(*(_file_digest(f.path) for f in result.files))
+    version = content_hash(*(file_sha256(f.path) for f in result.files))
     return dg.Output(result, data_version=dg.DataVersion(version), metadata=metadata)
 
 
@@ -106,7 +97,7 @@ def gguf_lora_adapter(context: dg.AssetExecutionContext, project: MochiProject, 
     adapter_dir, base_dir = Path(fine_tuned_adapter.path), Path(fine_tuned_adapter.base.path)
     result = export_lora(adapter_dir, base_dir, project.path(GGUF_DIR, "lora"), name=settings.name,
                          outtype=settings.lora_outtype, log=context.log.info)
-    version = content_hash(_file_digest(result.path), _file_digest(result.base_gguf_path))
+    version = content_hash(file_sha256(result.path), file_sha256(result.base_gguf_path))
     yield dg.Output(result, data_version=dg.DataVersion(version), metadata={
         "adapter_size": _mib(result.size_bytes),
         "base_size": _mib(result.base_size_bytes),

@@ -7,7 +7,6 @@ Bulk work uses one process per pass (``cat-file --batch``, one ``git log`` strea
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mochi_pipeline.records import Commit, FileDiff
-from mochi_pipeline.storage import atomic_directory, content_hash
+from mochi_pipeline.storage import atomic_directory, content_hash, file_lock
 
 ALLOWED_SCHEMES = ("https", "http", "ssh", "git", "file")
 # scp-like syntax git accepts for ssh: user@host:path (no "//" right after the colon).
@@ -405,8 +404,7 @@ def _open_remote(url: str, cache_dir: Path, timeout_s: float) -> Repository:
     key = content_hash(url)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Assets run in parallel processes: one clone/fetch of a given remote at a time.
-    with open(cache_dir / f".{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(cache_dir / f".{key}.lock"):
         return _clone_or_fetch(url, cache_dir / key, timeout_s)
 
 

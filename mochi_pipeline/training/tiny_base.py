@@ -10,21 +10,19 @@ training data uses are known tokens, not untrained embeddings.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import random
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
-from mochi_pipeline.storage import atomic_directory, atomic_write_text
+from mochi_pipeline.storage import atomic_directory, atomic_write_text, file_lock
 
 TINY_VERSION = 2  # bump when the architecture, corpus or recipe changes
 SEQ_LEN = 256
@@ -39,24 +37,12 @@ def tiny_base_dir(steps: int) -> Path:
     return cache_root() / f"tiny-base-v{TINY_VERSION}-s{steps}"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock held across processes (concurrent Dagster runs, test workers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_tiny_base(steps: int, seed: int = 0, log: Callable[[str], None] = print) -> Path:
     """Directory of the pre-trained tiny base (built on first use; later calls return at once)."""
     dest = tiny_base_dir(steps)
     if (dest / PRETRAIN_FILE).is_file():
         return dest
-    with _file_lock(dest.with_name(dest.name + ".lock")):
+    with file_lock(dest.with_name(dest.name + ".lock")):
         if (dest / PRETRAIN_FILE).is_file():  # another process finished it while we waited
             return dest
         log(f"Building the tiny base model ({steps} pre-training steps) in {dest}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -10,16 +9,13 @@ import yaml
 from pydantic import BaseModel
 
 from mochi_pipeline.deployment.assets import defs as deployment_defs
-from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file, write_asset_file
 from mochi_pipeline.training.artifacts import BaseModelArtifact, FineTunedAdapter, MergedModel
 
 
 def store_upstream(artifacts: Path, key: str, record: BaseModel) -> None:
-    """Write an upstream asset's value the way ArtifactIOManager stores it."""
-    path = artifacts / "assets" / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"record": f"{type(record).__module__}:{type(record).__qualname__}", "many": False}
-    path.write_text(json.dumps(header) + "\n" + record.model_dump_json(), encoding="utf-8")
+    """Store an upstream asset's value exactly as ArtifactIOManager does."""
+    write_asset_file(artifacts / "assets" / key, record)
 
 
 def materialize_deployment(tmp: Path, model_dir: Path, adapter_dir: Path, export: dict, selection: list[str],
