@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mochi run --all
+	$(BIN)/mochi run
 	$(BIN)/mochi report
 
 test: $(STAMP)

@@ -48,57 +48,55 @@ def _instance(cfg: MochiConfig):
     return dg.DagsterInstance.get()
 
 
-def _defs():
-    from mochi_pipeline.definitions import defs
+def _defs(cfg: MochiConfig):
+    from mochi_pipeline.definitions import build_defs
 
-    return defs
+    return build_defs(cfg)
 
 
-def _observe_repository(defs, instance) -> None:
-    """Record the repository's current commit, so staleness reflects new commits."""
+def _observe_repository(cfg: MochiConfig, instance) -> str:
+    """Record the commit repo.rev points at now (as the UI's observe and the commit sensor do); returns it."""
     import dagster as dg
-    from dagster._core.definitions.observe import observe  # public in spirit, not re-exported in 1.13
 
-    sources = [a for a in defs.assets if isinstance(a, dg.SourceAsset) and a.is_observable]
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    observe(sources, instance=instance, resources=defs.resources, run_config=quiet)
+    from mochi_pipeline.ingestion.assets import observe_commit, record_commit
+
+    try:
+        sha, metadata = observe_commit(cfg.repo, cfg.paths)
+    except dg.Failure as err:
+        raise CLIError(err.description) from None
+    record_commit(instance, sha, metadata)
+    return sha
 
 
-def _stale_keys(defs, instance, cfg: MochiConfig) -> dict:
-    """Every materializable asset with its status (FRESH / STALE / MISSING) and causes.
+def _plan(cfg: MochiConfig, defs, instance, wanted: set | None = None) -> tuple[list, list[str]]:
+    """Assets to run so everything (or ``wanted``) is up to date, in order, and notes for the person.
 
-    Dagster's own staleness (code versions, upstream data versions) plus one mochi adds: the
-    config sections the asset's layer reads changed since it was materialized (which also makes
-    everything downstream stale).
+    That is what Dagster calls stale or missing plus everything below it. Nothing is planned below a
+    model the quality gate rejected: it would only be rejected again.
     """
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.loader import LoadingContextForTest
+    from mochi_pipeline.dagster_internals import asset_statuses, descendants
 
-    from mochi_pipeline.resources import CONFIG_SIGNATURE_KEY
+    statuses = asset_statuses(defs, instance)
+    keys = [k for k, st in statuses.items() if st.needs_run and (wanted is None or k in wanted)]
+    notes = []
+    evaluation = next((k for k in statuses if k.to_user_string() == "evaluation_report"), None)
+    report = _stored(cfg, "evaluation_report")
+    if evaluation is not None and evaluation not in keys and report is not None and not report.accepted:
+        below = descendants(defs.resolve_asset_graph(), evaluation)
+        if blocked := [k for k in keys if k in below]:
+            keys = [k for k in keys if k not in below]
+            notes.append(f"Not running {', '.join(k.to_user_string() for k in blocked)}. {report.rejection()}")
+    return keys, notes
 
-    graph = defs.resolve_asset_graph()
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    out: dict = {}
-    config_stale: set = set()
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        if not node.is_materializable:
-            continue
-        event = instance.get_latest_materialization_event(key)
-        if event is None or event.asset_materialization is None:
-            out[key] = ("MISSING", ["never materialized"])
-            continue
-        status = resolver.get_status(key).value
-        causes = [f"{c.key.asset_key.to_user_string()}: {c.reason}" for c in resolver.get_stale_root_causes(key)]
-        recorded = event.asset_materialization.metadata.get(CONFIG_SIGNATURE_KEY)
-        if recorded is not None and recorded.value != cfg.layer_signature(node.group_name):
-            causes.append(f"the {node.group_name} settings in mochi.yaml changed since the last run")
-            config_stale.add(key)
-        elif any(p in config_stale for p in node.parent_keys):
-            causes.append("an upstream asset's settings changed")
-            config_stale.add(key)
-        out[key] = ("STALE" if key in config_stale else status, causes)
-    return out
+
+def _stored(cfg: MochiConfig, name: str):
+    """The stored value of asset ``name``, or None."""
+    import dagster as dg
+
+    from mochi_pipeline.io_manager import asset_base, read_asset_file, stored_file
+
+    path = stored_file(asset_base(cfg.artifacts_path, dg.AssetKey(name)))
+    return read_asset_file(path) if path is not None else None
 
 
 def _select(defs, names: Sequence[str]) -> list:
@@ -117,11 +115,30 @@ def _select(defs, names: Sequence[str]) -> list:
     return sorted(set(keys), key=order.__getitem__)
 
 
-def _execute(defs, instance, keys: list) -> None:
+def _failure_reasons(result) -> list[str]:
     import dagster as dg
 
+    reasons = []
+    for event in result.all_events:
+        if event.event_type_value == dg.DagsterEventType.STEP_FAILURE.value:
+            err = event.step_failure_data.error
+            while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError",):
+                err = err.cause
+            if err.cls_name == "DagsterAssetCheckFailedError":  # the failed check itself is listed below
+                continue
+            reasons.append(f"{event.step_key}: {err.message.strip()}")
+    for check in result.get_asset_check_evaluations():
+        if not check.passed and check.severity == dg.AssetCheckSeverity.ERROR:
+            reasons.append(f"check {check.check_name} on {check.asset_key.to_user_string()} failed: "
+                           f"{check.description or 'see its metadata in the UI'}")
+    return reasons
+
+
+def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[str] = ()) -> None:
+    for note in notes:
+        print(note)
     if not keys:
-        print("Nothing to do: every asset is up to date.")
+        print("Nothing else to run." if notes else "Nothing to do: every asset is up to date.")
         return
     job = defs.resolve_implicit_global_asset_job_def()
     print(f"Materializing {len(keys)} asset(s): {', '.join(k.to_user_string() for k in keys)}", flush=True)
@@ -129,17 +146,12 @@ def _execute(defs, instance, keys: list) -> None:
         instance=instance,
         asset_selection=keys,
         raise_on_error=False,
+        tags=tags,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
     if not result.success:
-        reasons = []
-        for event in result.all_events:
-            if event.event_type_value == dg.DagsterEventType.STEP_FAILURE.value:
-                err = event.step_failure_data.error
-                while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError",):
-                    err = err.cause
-                reasons.append(f"{event.step_key}: {err.message.strip()}")
-        raise CLIError("The run failed.\n" + "\n".join(reasons) + f"\nRun id: {result.run_id} (details in `mochi ui`).")
+        raise CLIError("The run failed.\n" + "\n".join(_failure_reasons(result))
+                       + f"\nRun id: {result.run_id} (details in `mochi ui`).")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -160,36 +172,51 @@ def cmd_init(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from mochi_pipeline.incremental import FORCE_TAG
+    from mochi_pipeline.ingestion.assets import COMMIT_TAG
+
     cfg = load_config()
-    defs, instance = _defs(), _instance(cfg)
-    _observe_repository(defs, instance)
+    defs, instance = _defs(cfg), _instance(cfg)
+    tags = {COMMIT_TAG: _observe_repository(cfg, instance)}
+    if args.all or args.force:
+        tags[FORCE_TAG] = "true"
     if args.select:
-        keys = _select(defs, args.select)
+        keys, notes = _select(defs, args.select), []
     elif args.all:
-        keys = [k for k in defs.resolve_asset_graph().toposorted_asset_keys
-                if defs.resolve_asset_graph().get(k).is_materializable]
+        everything = defs.resolve_asset_graph().materializable_asset_keys
+        keys, notes = _select(defs, [k.to_user_string() for k in everything]), []
     else:
-        keys = [k for k, (status, _) in _stale_keys(defs, instance, cfg).items() if status != "FRESH"]
-    _execute(defs, instance, keys)
+        keys, notes = _plan(cfg, defs, instance)
+    _execute(defs, instance, keys, tags, notes)
     print(f"Done. Artifacts under {cfg.artifacts_path}")
 
 
 def cmd_status(args) -> None:
+    from mochi_pipeline.dagster_internals import FRESH, STALE, asset_statuses
+
     cfg = load_config()
-    defs, instance = _defs(), _instance(cfg)
-    _observe_repository(defs, instance)
+    defs, instance = _defs(cfg), _instance(cfg)
+    _observe_repository(cfg, instance)
     print(f"Project: {redact(cfg.repo_source)} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
-    for key, (status, causes) in _stale_keys(defs, instance, cfg).items():
+    for key, item in asset_statuses(defs, instance).items():
+        causes = item.causes
+        status = item.status
+        if status == FRESH and item.upstream_changed:
+            status = STALE
+            causes = [f"upstream {', '.join(item.upstream_changed[:3])} will change first (same run)"]
         print(f"  {status:8} {key.to_user_string()}")
         for cause in causes[:3]:
             print(f"           - {cause}")
+    report = _stored(cfg, "evaluation_report")
+    if report is not None and not report.accepted:
+        print(f"\nThe last fine-tuned model was rejected by the quality gate: {report.gate_reason}.")
 
 
 def cmd_report(args) -> None:
     from mochi_pipeline.report import print_report
 
     cfg = load_config()
-    print_report(cfg, _instance(cfg), _defs())
+    print_report(cfg, _instance(cfg), _defs(cfg))
 
 
 def cmd_export(args) -> None:
@@ -203,11 +230,12 @@ def cmd_export(args) -> None:
             print(result.verification.markdown())
         print(f"Exports under {out}")
         return
-    defs, instance = _defs(), _instance(cfg)
-    _observe_repository(defs, instance)
-    stale = {k for k, (status, _) in _stale_keys(defs, instance, cfg).items() if status != "FRESH"}
-    wanted = _select(defs, [f"+{name}" for name in EXPORT_ASSETS])
-    _execute(defs, instance, [k for k in wanted if k in stale or k.to_user_string() in EXPORT_ASSETS])
+    from mochi_pipeline.ingestion.assets import COMMIT_TAG
+
+    defs, instance = _defs(cfg), _instance(cfg)
+    tags = {COMMIT_TAG: _observe_repository(cfg, instance)}
+    keys, notes = _plan(cfg, defs, instance, wanted=set(_select(defs, [f"+{name}" for name in EXPORT_ASSETS])))
+    _execute(defs, instance, keys, tags, notes)
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")
 
 
@@ -252,9 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("run", help="Materialize what is missing or stale (or --all, or --select).")
+    s = sub.add_parser("run", help="Bring everything up to date: what is missing or stale and all below it, in one "
+                       "run (or --all, or --select).")
     s.add_argument("--select", nargs="+", metavar="ASSET", help="Assets to run; prefix '+' adds their upstream.")
-    s.add_argument("--all", action="store_true", help="Rebuild every asset.")
+    s.add_argument("--all", action="store_true", help="Rebuild every asset, recomputing even what is unchanged.")
+    s.add_argument("--force", action="store_true",
+                   help="Recompute the planned (or selected) assets even where their inputs did not change.")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="Show which assets are fresh, stale or missing, and why.")

@@ -1,4 +1,8 @@
-"""The one project config (``mochi.yaml``), validated once, with errors a person can act on."""
+"""The one project config (``mochi.yaml``), validated once, with errors a person can act on.
+
+The code location reads it once when it loads and hands each layer only its own sections
+(``definitions.build_defs``); nothing else reads it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from mochi_pipeline.data_generation.settings import GenerationSettings
 from mochi_pipeline.deployment.settings import ExportSettings
 from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
+from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.settings_base import Section
 from mochi_pipeline.training.settings import TrainingSettings
@@ -25,14 +30,45 @@ class ConfigError(ValueError):
     """A config problem, worded for the person who wrote the file."""
 
 
-# The config sections each layer's assets read; a change to one makes that layer's assets stale.
-LAYER_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingestion": ("repo", "sources"),
-    "preprocessing": ("chunking", "dedup"),
-    "data_generation": ("generation",),
-    "training": ("training",),
-    "deployment": ("export",),
-}
+class AutomationSettings(Section):
+    """What runs by itself once the sensors are on (Dagster UI → Automation)."""
+
+    follow_commits: bool = Field(
+        True, description="Rebuild the data assets (ingestion → training_dataset) after each new commit on repo.rev."
+    )
+    poll_interval_s: int = Field(60, ge=30, description="Seconds between two looks for a new commit.")
+    retrain_cron: str = Field(
+        "0 3 * * *",
+        description="Retrain when the training dataset changed, at most once per tick of this cron schedule; "
+        "'' = never retrain by itself.",
+    )
+    timezone: str = Field("UTC", description="Timezone of retrain_cron (an IANA name such as Europe/Berlin).")
+    export_after_training: bool = Field(
+        True, description="Evaluate, gate and export a newly trained model by itself (else: `mochi run` or the UI)."
+    )
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        import dagster as dg
+
+        try:
+            if value:
+                dg.AutomationCondition.cron_tick_passed(value)  # Dagster's own check of the expression
+        except Exception:
+            raise ValueError("not a cron schedule (five fields, e.g. '0 3 * * *' for 03:00 every day)") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown timezone; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
 
 
 class MochiConfig(Section):
@@ -46,13 +82,10 @@ class MochiConfig(Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
 
     # Filled in by ``load_config``: the directory relative paths are resolved against.
     base_dir: str = Field("", exclude=True, description="Directory of mochi.yaml (internal).")
-
-    def layer_signature(self, layer: str) -> str:
-        """Signature of the sections ``layer`` reads ('' for an unknown layer)."""
-        return "-".join(getattr(self, name).signature() for name in LAYER_SECTIONS.get(layer, ()))
 
     @property
     def is_remote(self) -> bool:
@@ -74,6 +107,10 @@ class MochiConfig(Section):
             return (root if root.is_absolute() else Path(self.base_dir) / root).resolve()
         base = Path(self.base_dir) if self.is_remote else Path(self.repo_source)
         return (base / ".mochi").resolve()
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths(artifacts=self.artifacts_path, repo_source=self.repo_source)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

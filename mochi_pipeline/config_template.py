@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from mochi_pipeline.config import MochiConfig
+from mochi_pipeline.training.settings import PRESET_DEFAULTS, TrainingSettings
 
 HEADER = """\
 # mochi project config. Every key is optional: the values shown are the defaults.
@@ -36,6 +37,10 @@ def _render(model: BaseModel, indent: int) -> list[str]:
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:")
             lines.extend(_render(value, indent + 1))
+        elif isinstance(model, TrainingSettings) and name in PRESET_DEFAULTS.get(model.base_model, {}):
+            # Left to the preset, so a later change of base_model brings that model's own default.
+            plain = _scalar(field.default)
+            lines.append(f"{pad}# {name}: {_scalar(value)}   (set by the {model.base_model} preset; otherwise {plain})")
         else:
             lines.append(f"{pad}{name}: {_scalar(value)}")
     return lines

@@ -1,27 +1,48 @@
-"""The Dagster code location: every layer's assets, plus shared resources, schedules and sensors.
+"""The Dagster code location: mochi.yaml read once, each layer built from its own sections.
 
-Layers are imported as modules (not their ``defs`` objects): Dagster's loader refuses a module
-that holds more than one ``Definitions`` at top level.
+``defs`` is what ``workspace.yaml`` loads (``mochi ui``, ``dagster dev``): it reads mochi.yaml
+(``$MOCHI_CONFIG``, else found from the working directory) when the location loads, never at
+import. ``build_defs`` is the same for a config already in hand (the ``mochi`` CLI, tests). After
+editing mochi.yaml, reload the code location in the UI to see what the edit made stale.
 """
 
 import dagster as dg
 
 from mochi_pipeline import automation
+from mochi_pipeline.config import MochiConfig, load_config
 from mochi_pipeline.data_generation import assets as data_generation
 from mochi_pipeline.deployment import assets as deployment
+from mochi_pipeline.incremental import chain_code_versions
 from mochi_pipeline.ingestion import assets as ingestion
+from mochi_pipeline.io_manager import ArtifactIOManager
 from mochi_pipeline.preprocessing import assets as preprocessing
-from mochi_pipeline.resources import ArtifactIOManager, MochiProject
 from mochi_pipeline.training import assets as training
 
-project = MochiProject()
 
-defs = dg.Definitions.merge(
-    ingestion.defs,
-    preprocessing.defs,
-    data_generation.defs,
-    training.defs,
-    deployment.defs,
-    automation.defs,
-    dg.Definitions(resources={"project": project, "io_manager": ArtifactIOManager(project=project)}),
-)
+def build_defs(cfg: MochiConfig) -> dg.Definitions:
+    paths = cfg.paths
+    layers = [
+        ingestion.build_defs(cfg.repo, cfg.sources, paths),
+        preprocessing.build_defs(cfg.chunking, cfg.dedup, paths),
+        data_generation.build_defs(cfg.generation, paths),
+        training.build_defs(cfg.training, paths),
+        deployment.build_defs(cfg.export, paths),
+    ]
+    assets = [a for layer in layers for a in layer.assets or []]
+    assets = automation.with_conditions(chain_code_versions(assets), cfg.automation)
+    resources = {"io_manager": ArtifactIOManager(root=str(paths.artifacts))}
+    for layer in layers:
+        resources.update(layer.resources or {})
+    return dg.Definitions.merge(
+        dg.Definitions(
+            assets=assets,
+            asset_checks=[c for layer in layers for c in layer.asset_checks or []],
+            resources=resources,
+        ),
+        automation.build_defs(cfg.automation, cfg.repo, paths),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(load_config())

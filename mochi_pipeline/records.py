@@ -2,15 +2,32 @@
 
 Each is a frozen pydantic model so it round-trips through JSONL unchanged (see ``io_manager``).
 Fields only grow; a later layer never needs to re-read the repository to use them.
+
+Every ``Record`` subclass registers itself by name: a stored artifact names its record type, and
+reading one looks the name up here instead of importing whatever module the file names.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    registry: ClassVar[dict[str, type[Record]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        Record.registry[record_name(cls)] = cls
+
+
+def record_name(cls: type) -> str:
+    """The name a stored artifact uses for its record type."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 # --- ingestion -------------------------------------------------------------------------------

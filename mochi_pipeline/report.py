@@ -33,12 +33,15 @@ def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Defini
             continue
         metadata = event.asset_materialization.metadata
         facts = [f"{k}={s}" for k, v in metadata.items()
-                 if (s := _short(v)) is not None and not k.startswith(("dagster/", "mochi/"))]
+                 if (s := _short(v)) is not None and not k.startswith(("dagster/", "mochi/")) and k != "gate"]
         print(f"{name}: " + ("; ".join(facts) if facts else "materialized"))
         if name in FULL_TEXT_ASSETS:
             for v in metadata.values():
                 if isinstance(v.value, str) and "\n" in v.value and "data:image" not in v.value:
                     print(f"\n{v.value.strip()}\n")
+            if "gate" in metadata and "accepted" in metadata:
+                verdict = "passed" if metadata["accepted"].value else "REJECTED (nothing exported)"
+                print(f"Quality gate: {verdict}: {metadata['gate'].value}\n")
     print_gguf_completion(cfg)
 
 

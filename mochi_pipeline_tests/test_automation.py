@@ -1,56 +1,135 @@
-"""The new-commit sensor and the nightly schedule, on a real repository."""
+"""Automation on a real repository: the commit sensor, and the declarative conditions evaluated by Dagster.
+
+The conditions are evaluated with Dagster's own test helper (``evaluate_automation_conditions``)
+against a real instance holding real materializations; ticks get explicit times, so the nightly
+retraining is checked at, before and after its cron tick.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 
 import dagster as dg
+import pytest
 
-from mochi_pipeline.automation import new_commit_sensor, nightly_retrain_schedule
-from mochi_pipeline.definitions import defs
-from mochi_pipeline.resources import MochiProject
+from mochi_pipeline.definitions import build_defs
+from mochi_pipeline.incremental import DATA_VERSION_TAG
+from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, git
+from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+
+DATA = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks", "completion_pairs",
+        "doc_code_pairs", "commit_pairs", "qa_pairs", "training_dataset"]
+AFTER_TRAINING = {"evaluation_report", "merged_model", "gguf_model", "gguf_lora_adapter", "ollama_modelfile"}
+HELPER = '''def scale(values, factor):
+    """Multiply every value by ``factor``."""
+    scaled = []
+    for value in values:
+        scaled.append(value * factor)
+    return scaled
+'''
 
 
-def test_sensor_requests_one_run_per_new_commit(sample_repo, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(sample_repo, repo)
-    (tmp_path / "mochi.yaml").write_text(f"repo:\n  source: {repo}\nartifacts_root: {tmp_path / 'art'}\n")
-    project = MochiProject(config_path=str(tmp_path / "mochi.yaml"))
+@pytest.fixture
+def repo(sample_repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(sample_repo, copy)
+    return copy
+
+
+def sensor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
+    """Evaluate new_commit_sensor once and record what it reports, as the daemon does."""
+    sensor = defs.resolve_sensor_def("new_commit_sensor")
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+    return result
+
+
+def requested(result) -> set[str]:
+    return {key.to_user_string() for key in result._requested_partitions_by_asset_key}  # noqa: SLF001
+
+
+def test_commit_sensor_records_each_new_commit_once(repo, tmp_path):
+    defs = build_defs(project_config(tmp_path, repo={"source": str(repo)}))
+    instance = dg.DagsterInstance.ephemeral()
     head = git(repo, "rev-parse", "HEAD")
-
-    with dg.build_sensor_context(cursor=None, resources={"project": project}) as ctx:
-        result = new_commit_sensor(ctx)
-    assert isinstance(result, dg.SensorResult)
-    assert [r.run_key for r in result.run_requests] == [head]
-    assert result.cursor == head
-    assert result.asset_events[0].tags["dagster/data_version"] == head
-
-    with dg.build_sensor_context(cursor=head, resources={"project": project}) as ctx:
-        assert isinstance(new_commit_sensor(ctx), dg.SkipReason)
-
+    first = sensor_tick(defs, instance, None)
+    assert first.cursor == head and not first.run_requests
+    assert first.asset_events[0].tags[DATA_VERSION_TAG] == head
+    assert isinstance(sensor_tick(defs, instance, head), dg.SkipReason)
     new = commit(repo, "Add extra", "2024-07-01T00:00:00+00:00", {"pkg/extra.py": "X = 1\n"})
-    with dg.build_sensor_context(cursor=head, resources={"project": project}) as ctx:
-        result = new_commit_sensor(ctx)
-    assert [r.run_key for r in result.run_requests] == [new]
+    assert sensor_tick(defs, instance, head).cursor == new
+    latest = instance.fetch_observations(dg.AssetKey("git_repository"), limit=1).records[0]
+    assert latest.asset_observation.tags[DATA_VERSION_TAG] == new
 
 
-def test_sensor_skips_with_the_reason_when_the_repository_is_unreadable(tmp_path):
+def test_commit_sensor_skips_with_the_reason_when_the_repository_is_unreadable(tmp_path):
     (tmp_path / "plain").mkdir()
-    (tmp_path / "mochi.yaml").write_text(f"repo:\n  source: {tmp_path / 'plain'}\n")
-    project = MochiProject(config_path=str(tmp_path / "mochi.yaml"))
-    with dg.build_sensor_context(cursor=None, resources={"project": project}) as ctx:
-        result = new_commit_sensor(ctx)
+    defs = build_defs(project_config(tmp_path, repo={"source": str(tmp_path / "plain")}))
+    result = sensor_tick(defs, dg.DagsterInstance.ephemeral(), None)
     assert isinstance(result, dg.SkipReason) and "not a git repository" in result.skip_message
 
 
-def test_jobs_split_data_refresh_from_expensive_training():
-    graph = defs.resolve_asset_graph()
-    data_job = defs.resolve_job_def("data_refresh_job")
-    retrain_job = defs.resolve_job_def("retrain_job")
-    data_keys = set(data_job.asset_layer.executable_asset_keys)
-    model_keys = set(retrain_job.asset_layer.executable_asset_keys)
-    assert dg.AssetKey("training_dataset") in data_keys and dg.AssetKey("fine_tuned_adapter") not in data_keys
-    assert dg.AssetKey("fine_tuned_adapter") in model_keys and dg.AssetKey("source_files") not in model_keys
-    assert data_keys | model_keys == set(graph.materializable_asset_keys)
-    assert nightly_retrain_schedule.cron_schedule == "0 3 * * *"
+def test_data_assets_follow_a_new_commit_in_one_request_and_rest_otherwise(repo, tmp_path):
+    cfg = project_config(tmp_path, repo={"source": str(repo)})
+    defs = build_defs(cfg)
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = sensor_tick(defs, instance, None).cursor
+    assert materialize(cfg, DATA, instance=instance).success
+    data = dg.AssetSelection.groups("ingestion", "preprocessing", "data_generation")
+
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data)
+    assert requested(tick) == set()
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
+    assert requested(tick) == set()  # nothing changed: nothing to do
+
+    commit(repo, "Add a scaling helper", "2024-07-01T00:00:00+00:00", {"pkg/scale.py": HELPER})
+    sensor_tick(defs, instance, cursor)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
+    assert requested(tick) == set(DATA)  # the whole chain, in one request
+
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
+    assert requested(tick) == set()  # requested once, not again while it runs
+
+
+def test_training_follows_a_changed_dataset_at_most_once_per_night(repo, tmp_path):
+    cfg = project_config(tmp_path, repo={"source": str(repo)},
+                         training={"tiny_pretrain_steps": TEST_TINY_STEPS},
+                         automation={"retrain_cron": "0 3 * * *", "timezone": "UTC"})
+    defs = build_defs(cfg)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(cfg, [*DATA, "base_model"], instance=instance).success
+    models = dg.AssetSelection.groups("training", "deployment")
+    night = dt.datetime.combine(dt.date.today() + dt.timedelta(days=2), dt.time(4), tzinfo=dt.UTC)
+
+    def tick_at(when: dt.datetime, cursor=None):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=models,
+                                                 evaluation_time=when, cursor=cursor)
+
+    cursor = sensor_tick(defs, instance, None).cursor
+    tick = tick_at(night)
+    assert requested(tick) == set()
+    # The dataset changes in the day: nothing until the next 03:00 has passed.
+    commit(repo, "Add a scaling helper", "2024-07-01T00:00:00+00:00", {"pkg/scale.py": HELPER})
+    sensor_tick(defs, instance, cursor)
+    assert materialize(cfg, DATA, instance=instance).success
+    tick = tick_at(night + dt.timedelta(hours=8), tick.cursor)
+    assert requested(tick) == set()
+    tick = tick_at(night + dt.timedelta(hours=23, minutes=30), tick.cursor)
+    assert requested(tick) == {"fine_tuned_adapter"} | AFTER_TRAINING  # training, then evaluation and export
+    # The next night, with the dataset unchanged since: nothing.
+    tick = tick_at(night + dt.timedelta(days=2), tick.cursor)
+    assert requested(tick) == set()
+
+
+def test_each_automation_can_be_switched_off_in_mochi_yaml(repo, tmp_path):
+    cfg = project_config(tmp_path, repo={"source": str(repo)},
+                         automation={"follow_commits": False, "retrain_cron": "", "export_after_training": False})
+    graph = build_defs(cfg).resolve_asset_graph()
+    assert all(graph.get(k).automation_condition is None for k in graph.materializable_asset_keys)
+    on = build_defs(project_config(tmp_path, repo={"source": str(repo)})).resolve_asset_graph()
+    assert all(on.get(k).automation_condition is not None for k in on.materializable_asset_keys)

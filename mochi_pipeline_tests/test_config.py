@@ -64,8 +64,17 @@ def test_section_signatures_are_stable_and_change_with_values(tmp_path):
     b = parse_config({"chunking": {"max_tokens": 300}}, tmp_path)
     c = parse_config({"chunking": {"max_tokens": 301}}, tmp_path)
     assert str(a.chunking) == str(b.chunking) != str(c.chunking)
-    assert a.layer_signature("preprocessing") != c.layer_signature("preprocessing")
-    assert a.layer_signature("training") == c.layer_signature("training")
+    assert a.chunking.signature("strategy") == c.chunking.signature("strategy")  # only the fields named
+    assert a.training.signature() == c.training.signature()
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"automation": {"retrain_cron": "nightly"}}, "automation.retrain_cron"),
+    ({"automation": {"timezone": "Mars/Olympus"}}, "automation.timezone"),
+])
+def test_automation_settings_are_checked_when_read(tmp_path, data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config(data, tmp_path)
 
 
 def test_init_template_parses_back_to_the_defaults(tmp_path):

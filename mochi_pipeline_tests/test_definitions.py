@@ -1,51 +1,65 @@
 """The code location loads, and its asset graph matches the reviewed snapshot.
 
-A deliberate graph change updates the snapshot: MOCHI_UPDATE_SNAPSHOT=1 pytest mochi_pipeline_tests/test_definitions.py
+A deliberate graph change: MOCHI_UPDATE_SNAPSHOT=1 pytest mochi_pipeline_tests/test_definitions.py rewrites the
+snapshot and fails, so the new one is reviewed (git diff) before the suite passes again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
-from mochi_pipeline.definitions import defs
+from mochi_pipeline.config import parse_config
+from mochi_pipeline.definitions import build_defs, defs
 
 SNAPSHOT = Path(__file__).with_name("asset_graph_snapshot.json")
 LAYERS = ("ingestion", "preprocessing", "data_generation", "training", "deployment")
+PACKAGE = Path(__file__).resolve().parent.parent / "mochi_pipeline"
 
 
-def _graph_summary() -> dict:
-    graph = defs.resolve_asset_graph()
+@pytest.fixture
+def graph(sample_repo, tmp_path):
+    return build_defs(parse_config({"repo": {"source": str(sample_repo)}}, tmp_path)).resolve_asset_graph()
+
+
+def _graph_summary(graph) -> dict:
     assets = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
+        condition = node.automation_condition
         assets[key.to_user_string()] = {
             "group": node.group_name,
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "kinds": sorted(k.removeprefix("dagster/kind/") for k in node.tags if k.startswith("dagster/kind/")),
             "has_code_version": node.code_version is not None,
             "checks": sorted(c.name for c in node.check_keys),
+            "automation": condition.get_label() if condition is not None else None,
         }
     return assets
 
 
-def test_definitions_load_and_validate():
-    dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_implicit_global_asset_job_def() is not None
+def test_code_location_loads_from_mochi_yaml_when_asked(sample_repo, monkeypatch):
+    monkeypatch.chdir(sample_repo)
+    monkeypatch.delenv("MOCHI_CONFIG", raising=False)
+    loaded = defs()  # what workspace.yaml loads: reads the config now, not at import
+    dg.Definitions.validate_loadable(loaded)
+    assert loaded.resolve_implicit_global_asset_job_def() is not None
 
 
-def test_asset_graph_matches_snapshot():
-    summary = _graph_summary()
+def test_asset_graph_matches_snapshot(graph):
+    summary = _graph_summary(graph)
     if os.environ.get("MOCHI_UPDATE_SNAPSHOT"):
         SNAPSHOT.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        pytest.fail(f"Rewrote {SNAPSHOT.name}: review `git diff` and run again without MOCHI_UPDATE_SNAPSHOT.")
     assert summary == json.loads(SNAPSHOT.read_text())
 
 
-def test_every_asset_is_grouped_by_layer_described_and_versioned():
-    graph = defs.resolve_asset_graph()
+def test_every_asset_is_grouped_by_layer_described_and_versioned(graph):
     for key in graph.materializable_asset_keys:
         node = graph.get(key)
         assert node.group_name in LAYERS, key
@@ -54,11 +68,22 @@ def test_every_asset_is_grouped_by_layer_described_and_versioned():
         assert any(t.startswith("dagster/kind/") for t in node.tags), f"{key.to_user_string()} has no kinds"
 
 
-def test_layers_only_import_earlier_layers():
-    root = Path(__file__).resolve().parent.parent / "mochi_pipeline"
+def test_quality_gate_blocks_what_follows(graph):
+    evaluation = graph.get(dg.AssetKey("evaluation_report"))
+    (gate,) = [graph.get_check_spec(k) for k in evaluation.check_keys if k.name == "quality_gate"]
+    assert gate.blocking
+    for name in ("merged_model", "gguf_lora_adapter"):
+        assert dg.AssetKey("evaluation_report") in graph.get(dg.AssetKey(name)).parent_keys
+
+
+def test_layers_only_import_earlier_layers_and_never_the_whole_config():
     for i, layer in enumerate(LAYERS):
         later = LAYERS[i + 1:]
-        for path in (root / layer).glob("*.py"):
+        for path in (PACKAGE / layer).glob("*.py"):
             text = path.read_text()
             for other in later:
                 assert f"mochi_pipeline.{other}" not in text, f"{path} imports the later layer {other}"
+            assert not re.search(r"mochi_pipeline\.(config|cli|definitions|automation)\b", text), (
+                f"{path} reaches back up to the whole config or the code location")
+            if path.name == "assets.py":
+                assert not re.search(r"mochi_pipeline\.\w+\.assets\b", text), f"{path} imports another layer's assets"

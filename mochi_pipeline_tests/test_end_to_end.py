@@ -1,44 +1,133 @@
-"""End to end, as `make demo` runs it: `mochi run` then `mochi report`, on a generated repository.
+"""End to end, as a user runs it: `mochi run`, `mochi report`, new commits, and a model the gate rejects.
 
 Training is cut to a few steps; everything else is the real pipeline: git → chunks → dataset →
-LoRA on the tiny base → evaluation → merge → GGUF verified against transformers → Modelfile,
-and a completion from llama.cpp.
+LoRA on the tiny base → evaluation and quality gate → merge → GGUF verified against transformers →
+Modelfile, and a completion from llama.cpp. Each `mochi run` is one Dagster run.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+import dagster as dg
+import pytest
 import yaml
 
-from mochi_pipeline.resources import read_asset_file
-from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline.config import load_config
+from mochi_pipeline.io_manager import read_asset_file
+from mochi_pipeline.storage import file_sha256
+from mochi_pipeline_tests.repo_factory import commit
+from mochi_pipeline_tests.test_cli import mochi, status_of
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
+pytestmark = pytest.mark.slow
 
-def test_whole_pipeline_from_repository_to_gguf(sample_repo, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(sample_repo, repo)
+# A full fine-tune: on the 20-step test base a few LoRA steps move held-out perplexity too little for a
+# quality gate to tell from noise; a few full steps move it clearly (the LoRA path has its own tests).
+TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
+            "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 16,
+            "eval_max_new_tokens": 8}
+MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile"]
+
+
+def write_config(repo: Path, **training) -> None:
+    (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3},
-        "training": {"tiny_pretrain_steps": TEST_TINY_STEPS, "max_steps": 6, "eval_steps": 3, "save_steps": 3,
-                     "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 16, "eval_max_new_tokens": 8},
+        "training": {**TRAINING, **training},
         "export": {"quantizations": ["f16", "q8_0"]},
     }))
 
+
+def runs_of(repo: Path) -> dict[str, list[dg.EventLogEntry]]:
+    """Materializations per asset, oldest first, from the run history the CLI keeps."""
+    home = repo / ".mochi" / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        keys = [k for k in instance.get_asset_keys() if k.to_user_string() != "git_repository"]
+        return {k.to_user_string(): [r.event_log_entry for r in reversed(
+            instance.fetch_materializations(k, limit=100).records)] for k in keys}
+
+
+def data_version(entry: dg.EventLogEntry) -> str:
+    return entry.asset_materialization.tags["dagster/data_version"]
+
+
+def reused(entry: dg.EventLogEntry) -> bool:
+    return "reused_from_run" in entry.asset_materialization.metadata
+
+
+def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    write_config(repo)
+    art = repo / ".mochi"
+
     run = mochi(repo, "run")
     assert "Materializing 17 asset(s)" in run.stdout
-
-    art = repo / ".mochi"
     gguf = read_asset_file(art / "assets" / "gguf_model.json")
     assert {f.quantization for f in gguf.files} == {"f16", "q8_0"}
     assert "\nFROM ./mochi-q8_0.gguf\n" in (art / "gguf" / "model" / "Modelfile").read_text()
     report = read_asset_file(art / "assets" / "evaluation_report.json")
-    assert report.metrics["base"]["overall"]["perplexity"] > 0
+    base, tuned = (report.metrics[m]["overall"] for m in ("base", "fine_tuned"))
+    assert report.accepted and tuned["perplexity"] < base["perplexity"]
+    assert (art / "training" / "accepted.json").is_file()
 
     out = mochi(repo, "report").stdout
-    assert "evaluation_report:" in out and "| " in out  # the markdown table
+    assert "evaluation_report:" in out and "| **all** |" in out
+    assert "Quality gate: passed" in out
     assert "llama.cpp completion from the exported q8_0 GGUF" in out
-
-    # Nothing changed: nothing to do, and nothing is rebuilt.
     assert "Nothing to do" in mochi(repo, "run").stdout
+
+    # A one-file code commit: one run rebuilds the chain down to the Modelfile; training continues the model.
+    before = runs_of(repo)
+    commit(repo, "Add a scaling helper", "2024-07-01T10:00:00+00:00",
+           {"pkg/scale.py": "def scale(values, factor):\n    return [v * factor for v in values]\n"})
+    assert set(status_of(repo).values()) == {"FRESH", "STALE"}
+    run = mochi(repo, "run")
+    assert "Materializing 16 asset(s)" in run.stdout  # everything but base_model
+    after = runs_of(repo)
+    for name in MODEL_ASSETS + ["code_chunks", "training_dataset"]:
+        assert len(after[name]) == len(before[name]) + 1, name
+        assert data_version(after[name][-1]) != data_version(before[name][-1]), name
+    adapter = read_asset_file(art / "assets" / "fine_tuned_adapter.json")
+    assert adapter.warm_start_from and Path(adapter.warm_start_from).is_dir()
+    assert "replaced" in read_asset_file(art / "assets" / "evaluation_report.json").markdown
+    assert set(status_of(repo).values()) == {"FRESH"}
+
+    # A docs-only commit: code chunks keep their data version, and what only reads code is reused.
+    before = runs_of(repo)
+    (repo / "docs" / "guide.rst").write_text((repo / "docs" / "guide.rst").read_text() + "\nScaling\n=======\n\n"
+                                             "Use ``scale`` to multiply every value.\n")
+    commit(repo, "Document scale in the guide", "2024-07-02T10:00:00+00:00", {})
+    mochi(repo, "run")
+    after = runs_of(repo)
+    assert data_version(after["code_chunks"][-1]) == data_version(before["code_chunks"][-1])
+    assert reused(after["deduplicated_chunks"][-1]) and reused(after["completion_pairs"][-1])
+    assert data_version(after["doc_sections"][-1]) != data_version(before["doc_sections"][-1])
+    assert set(status_of(repo).values()) == {"FRESH"}
+
+
+def test_a_worse_model_is_blocked_and_the_exported_one_stays(sample_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    write_config(repo)
+    mochi(repo, "run")
+    served = load_config(repo / "mochi.yaml").artifacts_path / "gguf" / "model" / "mochi-q8_0.gguf"
+    digest = file_sha256(served)
+
+    write_config(repo, learning_rate=0.05)  # a learning rate this tiny model cannot take: it gets worse
+    failed = mochi(repo, "run", check=False)
+    assert failed.returncode == 2
+    assert "check quality_gate on evaluation_report failed" in failed.stderr
+    assert "worse than the model it started from" in failed.stderr and "Traceback" not in failed.stderr
+    assert file_sha256(served) == digest  # nothing exported: the old model is what `mochi serve` finds
+    report = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json")
+    assert not report.accepted
+
+    again = mochi(repo, "run").stdout  # the rejection stands; nothing below it is attempted again
+    assert "Not running" in again and "quality gate rejected" in again and "Nothing else to run" in again
+    assert "rejected by the quality gate" in mochi(repo, "status").stdout
+    from mochi_pipeline.cli import _exported_gguf
+
+    assert _exported_gguf(load_config(repo / "mochi.yaml"), "q8_0") == served

@@ -1,8 +1,14 @@
-"""Dagster assets of the data_generation layer (thin wrappers over the logic modules beside this file)."""
+"""Dagster assets of the data_generation layer (thin wrappers over the logic modules beside this file).
+
+``build_defs`` makes them from the ``generation`` section of mochi.yaml; each asset's code version
+names its logic and the part of the section it reads.
+"""
 
 import io
 import json
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import datasets
@@ -11,14 +17,17 @@ from mochi_pipeline.data_generation import commit_pairs as commit_logic
 from mochi_pipeline.data_generation import completion_pairs as completion_logic
 from mochi_pipeline.data_generation import dataset_builder
 from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs as map_docs_to_code
-from mochi_pipeline.data_generation.llm_client import QALLM, AutoQA, QAEndpointError
+from mochi_pipeline.data_generation.llm_client import QALLM, OfflineQA, OpenAICompatibleQA, QAEndpointError
 from mochi_pipeline.data_generation.qa_generator import qa_pairs as ask_qa_pairs
+from mochi_pipeline.data_generation.settings import GenerationSettings, QASettings
+from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown, records_hash
+from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
-from mochi_pipeline.resources import MochiProject
 from mochi_pipeline.storage import atomic_write_bytes
 
 GROUP = "data_generation"
+LOGIC_VERSION = "2"
 NO_CODE = (
     "no code chunks: deduplicated_chunks is empty, so the repository has no files in supported languages "
     "(python, javascript, typescript, java, go, rust, c, c++) under sources.include; check sources.include/exclude"
@@ -38,7 +47,7 @@ def _preview(examples: list[TrainingExample], n: int = 3) -> str:
 
 def _examples_output(
     context: dg.AssetExecutionContext, name: str, examples: list[TrainingExample], missing: str, **metadata: object
-) -> dg.Output[list[TrainingExample]]:
+) -> dg.Output:
     if missing:
         context.log.warning(f"{name}: {missing}; produced {len(examples)} examples.")
     else:
@@ -53,108 +62,6 @@ def _examples_output(
             "preview": dg.MetadataValue.md(_preview(examples)),
             **metadata,
         },
-    )
-
-
-@dg.asset(group_name=GROUP, kinds={"python"}, code_version="1")
-def completion_pairs(
-    context: dg.AssetExecutionContext, project: MochiProject, deduplicated_chunks: list[Chunk]
-) -> dg.Output[list[TrainingExample]]:
-    """Next-line, next-block and fill-in-the-middle (PSM/SPM, StarCoder sentinels) examples cut from code chunks."""
-    gen = project.config.generation
-    result = completion_logic.completion_pairs(
-        deduplicated_chunks, gen.completion, gen.seed, gen.fim_rate, gen.spm_rate
-    )
-    return _examples_output(
-        context,
-        "completion_pairs",
-        result.examples,
-        "" if deduplicated_chunks else NO_CODE,
-        n_chunks=len(deduplicated_chunks),
-        skipped_chunks=dg.MetadataValue.json(dict(result.skipped)),
-    )
-
-
-@dg.asset(group_name=GROUP, kinds={"python"}, code_version="1")
-def doc_code_pairs(
-    context: dg.AssetExecutionContext,
-    project: MochiProject,
-    doc_sections: list[DocSection],
-    deduplicated_chunks: list[Chunk],
-) -> dg.Output[list[TrainingExample]]:
-    """Doc sections and docstrings linked to the code they name: "Explain `X`" and "Implement `X` as documented"."""
-    result = map_docs_to_code(doc_sections, deduplicated_chunks)
-    missing = []
-    if not doc_sections:
-        missing.append("no doc sections (no README/docs found): only docstrings were used")
-    if not deduplicated_chunks:
-        missing.append(NO_CODE)
-    return _examples_output(
-        context,
-        "doc_code_pairs",
-        result.examples,
-        "; ".join(missing),
-        n_doc_sections=len(doc_sections),
-        links=dg.MetadataValue.json(dict(result.links)),
-        skipped=dg.MetadataValue.json(dict(result.skipped)),
-    )
-
-
-@dg.asset(group_name=GROUP, kinds={"python", "git"}, code_version="1")
-def commit_pairs(
-    context: dg.AssetExecutionContext, project: MochiProject, commit_history: list[Commit]
-) -> dg.Output[list[TrainingExample]]:
-    """Diff -> message and message + code before -> code after; merges, bots, trivial and huge diffs dropped."""
-    result = commit_logic.commit_pairs(commit_history, project.config.generation.commits)
-    missing = ""
-    if not commit_history:
-        missing = "no commit history (a shallow clone, or repo.max_commits: 0)"
-    elif not result.used_commits:
-        missing = f"none of the {len(commit_history)} commits was usable ({dict(result.dropped)})"
-    return _examples_output(
-        context,
-        "commit_pairs",
-        result.examples,
-        missing,
-        n_commits=len(commit_history),
-        used_commits=result.used_commits,
-        dropped_commits=dg.MetadataValue.json(dict(result.dropped)),
-    )
-
-
-@dg.asset(group_name=GROUP, kinds={"python", "openai"}, code_version="1")
-def qa_pairs(
-    context: dg.AssetExecutionContext,
-    project: MochiProject,
-    qa_llm: QALLM,
-    deduplicated_chunks: list[Chunk],
-    doc_sections: list[DocSection],
-) -> dg.Output[list[TrainingExample]]:
-    """Question/answer pairs about code symbols, from an OpenAI-compatible endpoint or offline templates."""
-    settings = project.config.generation.qa
-    llm = qa_llm.for_settings(settings)
-    try:
-        examples, batch = ask_qa_pairs(
-            deduplicated_chunks,
-            doc_sections,
-            llm,
-            max_subjects=settings.max_subjects,
-            pairs_per_subject=settings.pairs_per_subject,
-            cache_dir=project.artifacts / "cache" / "qa",
-            log=context.log,
-        )
-    except QAEndpointError as err:
-        raise dg.Failure(description=str(err)) from None
-    missing = (
-        "" if examples else (NO_CODE if not deduplicated_chunks else "no named definitions found in the code chunks")
-    )
-    return _examples_output(
-        context,
-        "qa_pairs",
-        examples,
-        missing,
-        backend=type(llm).__name__,
-        outcomes=dg.MetadataValue.json(dict(batch.outcomes)),
     )
 
 
@@ -202,7 +109,8 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _check_results(artifact: dataset_builder.TrainingDatasetArtifact, max_share: dict[str, float]):
+def _check_results(artifact: dataset_builder.TrainingDatasetArtifact,
+                   max_share: dict[str, float]) -> Iterator[dg.AssetCheckResult]:
     rows = {s: _read_jsonl(artifact.jsonl[s]) for s in dataset_builder.SPLITS}
     columns = set(dataset_builder.FEATURES)
     bad_schema = [
@@ -244,53 +152,128 @@ def _check_results(artifact: dataset_builder.TrainingDatasetArtifact, max_share:
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"huggingface", "json"},
-    code_version="1",
-    check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text) for name, text in CHECKS.items()],
-)
-def training_dataset(
-    context: dg.AssetExecutionContext,
-    project: MochiProject,
-    completion_pairs: list[TrainingExample],
-    doc_code_pairs: list[TrainingExample],
-    commit_pairs: list[TrainingExample],
-    qa_pairs: list[TrainingExample],
-):
-    """All examples, split by time into train/eval, decontaminated, mixed, saved as HF datasets + JSONL."""
-    gen = project.config.generation
-    sources = {
-        "completion_pairs": completion_pairs,
-        "doc_code_pairs": doc_code_pairs,
-        "commit_pairs": commit_pairs,
-        "qa_pairs": qa_pairs,
-    }
-    if not any(sources.values()):
-        raise dg.Failure(description=_why_empty(sources))
-    empty_sources = [name for name, ex in sources.items() if not ex]
-    if empty_sources:
-        context.log.warning(f"These generators produced nothing: {', '.join(empty_sources)}.")
-    examples = [ex for items in sources.values() for ex in items]
-    split = dataset_builder.split_examples(
-        examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share
-    )
-    try:
-        artifact = dataset_builder.write_dataset(split, project.artifacts / "dataset")
-    except dataset_builder.EmptyDatasetError as err:
-        raise dg.Failure(description=f"The training split would be empty: {err}.") from None
-    context.log.info(f"training_dataset: {artifact.n_examples} examples written to {artifact.path}.")
+def qa_writer(settings: QASettings) -> QALLM:
+    """The question/answer writer generation.qa asks for: an OpenAI-compatible endpoint, or offline templates."""
+    return OpenAICompatibleQA.from_settings(settings) if settings.base_url else OfflineQA()
 
-    png = _histogram_png(split.rows)
-    plot_path = atomic_write_bytes(project.path("reports", "training_dataset_token_lengths.png"), png)
-    samples = [
-        TrainingExample(**{k: r[k] for k in TrainingExample.model_fields if k in r and k != "raw_text"})
-        for r in split.rows["train"][:3]
-    ]
-    yield dg.Output(
-        artifact,
-        data_version=dg.DataVersion(artifact.content_hash),
-        metadata={
+
+def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
+    root = paths.artifacts
+
+    @dg.asset(group_name=GROUP, kinds={"python"},
+              code_version=f"{LOGIC_VERSION}-{gen.signature('seed', 'fim_rate', 'spm_rate', 'completion')}")
+    def completion_pairs(context: dg.AssetExecutionContext, deduplicated_chunks: list[Chunk]) -> Iterator:
+        """Next-line, next-block and fill-in-the-middle (PSM/SPM, StarCoder sentinels) examples cut from code chunks."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        result = completion_logic.completion_pairs(
+            deduplicated_chunks, gen.completion, gen.seed, gen.fim_rate, gen.spm_rate
+        )
+        yield _examples_output(
+            context, "completion_pairs", result.examples, "" if deduplicated_chunks else NO_CODE,
+            n_chunks=len(deduplicated_chunks), skipped_chunks=dg.MetadataValue.json(dict(result.skipped)),
+        )
+
+    @dg.asset(group_name=GROUP, kinds={"python"}, code_version=LOGIC_VERSION)
+    def doc_code_pairs(context: dg.AssetExecutionContext, doc_sections: list[DocSection],
+                       deduplicated_chunks: list[Chunk]) -> Iterator:
+        """Doc sections and docstrings linked to the code they name: "Explain `X`" and "Implement `X` as documented"."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        result = map_docs_to_code(doc_sections, deduplicated_chunks)
+        missing = []
+        if not doc_sections:
+            missing.append("no doc sections (no README/docs found): only docstrings were used")
+        if not deduplicated_chunks:
+            missing.append(NO_CODE)
+        yield _examples_output(
+            context, "doc_code_pairs", result.examples, "; ".join(missing), n_doc_sections=len(doc_sections),
+            links=dg.MetadataValue.json(dict(result.links)), skipped=dg.MetadataValue.json(dict(result.skipped)),
+        )
+
+    @dg.asset(group_name=GROUP, kinds={"python", "git"}, code_version=f"{LOGIC_VERSION}-{gen.signature('commits')}")
+    def commit_pairs(context: dg.AssetExecutionContext, commit_history: list[Commit]) -> Iterator:
+        """Diff -> message and message + code before -> code after; merges, bots, trivial and huge diffs dropped."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        result = commit_logic.commit_pairs(commit_history, gen.commits)
+        missing = ""
+        if not commit_history:
+            missing = "no commit history (a shallow clone, or repo.max_commits: 0)"
+        elif not result.used_commits:
+            missing = f"none of the {len(commit_history)} commits was usable ({dict(result.dropped)})"
+        yield _examples_output(
+            context, "commit_pairs", result.examples, missing, n_commits=len(commit_history),
+            used_commits=result.used_commits, dropped_commits=dg.MetadataValue.json(dict(result.dropped)),
+        )
+
+    # What changes the pairs written (not timeouts, retries or concurrency).
+    qa_content = gen.qa.signature("base_url", "model", "temperature", "max_tokens", "max_subjects", "pairs_per_subject")
+
+    @dg.asset(group_name=GROUP, kinds={"python", "openai"}, code_version=f"{LOGIC_VERSION}-{qa_content}")
+    def qa_pairs(context: dg.AssetExecutionContext, qa_llm: QALLM, deduplicated_chunks: list[Chunk],
+                 doc_sections: list[DocSection]) -> Iterator:
+        """Question/answer pairs about code symbols, from an OpenAI-compatible endpoint or offline templates."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        try:
+            examples, batch = ask_qa_pairs(
+                deduplicated_chunks, doc_sections, qa_llm, max_subjects=gen.qa.max_subjects,
+                pairs_per_subject=gen.qa.pairs_per_subject, cache_dir=root / "cache" / "qa", log=context.log,
+            )
+        except QAEndpointError as err:
+            raise dg.Failure(description=str(err)) from None
+        missing = "" if examples else (
+            NO_CODE if not deduplicated_chunks else "no named definitions found in the code chunks")
+        yield _examples_output(context, "qa_pairs", examples, missing, backend=type(qa_llm).__name__,
+                               outcomes=dg.MetadataValue.json(dict(batch.outcomes)))
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"huggingface", "json"},
+        code_version=f"{LOGIC_VERSION}-{gen.signature('seed', 'eval_time_share', 'eval_random_share', 'dataset')}",
+        check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text)
+                     for name, text in CHECKS.items()],
+    )
+    def training_dataset(context: dg.AssetExecutionContext, completion_pairs: list[TrainingExample],
+                         doc_code_pairs: list[TrainingExample], commit_pairs: list[TrainingExample],
+                         qa_pairs: list[TrainingExample]) -> Iterator:
+        """All examples, split by time into train/eval, decontaminated, mixed, saved as HF datasets + JSONL."""
+        if (events := reuse(context, root, still_valid=lambda a: Path(a.hf_path).is_dir())) is not None:
+            yield from events
+            return
+        sources = {
+            "completion_pairs": completion_pairs,
+            "doc_code_pairs": doc_code_pairs,
+            "commit_pairs": commit_pairs,
+            "qa_pairs": qa_pairs,
+        }
+        if not any(sources.values()):
+            raise dg.Failure(description=_why_empty(sources))
+        empty_sources = [name for name, ex in sources.items() if not ex]
+        if empty_sources:
+            context.log.warning(f"These generators produced nothing: {', '.join(empty_sources)}.")
+        examples = [ex for items in sources.values() for ex in items]
+        split = dataset_builder.split_examples(
+            examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share
+        )
+        try:
+            artifact = dataset_builder.write_dataset(split, root / "dataset")
+        except dataset_builder.EmptyDatasetError as err:
+            raise dg.Failure(description=f"The training split would be empty: {err}.") from None
+        context.log.info(f"training_dataset: {artifact.n_examples} examples written to {artifact.path}.")
+
+        png = _histogram_png(split.rows)
+        plot_path = atomic_write_bytes(paths.path("reports", "training_dataset_token_lengths.png"), png)
+        samples = [
+            TrainingExample(**{k: r[k] for k in TrainingExample.model_fields if k in r and k != "raw_text"})
+            for r in split.rows["train"][:3]
+        ]
+        output = dg.Output(artifact, data_version=dg.DataVersion(artifact.content_hash), metadata={
             "path": dg.MetadataValue.path(artifact.path),
             "n_examples": dg.MetadataValue.json(artifact.n_examples),
             "n_tokens": dg.MetadataValue.json(artifact.n_tokens),
@@ -302,12 +285,10 @@ def training_dataset(
             "token_lengths": png_markdown(png, "token lengths"),
             "token_lengths_png": dg.MetadataValue.path(str(plot_path)),
             "samples": dg.MetadataValue.md(_preview(samples)),
-        },
+        })
+        yield from checked(output, list(_check_results(artifact, gen.dataset.max_generator_share)))
+
+    return dg.Definitions(
+        assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, training_dataset],
+        resources={"qa_llm": qa_writer(gen.qa)},
     )
-    yield from _check_results(artifact, gen.dataset.max_generator_share)
-
-
-defs = dg.Definitions(
-    assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, training_dataset],
-    resources={"qa_llm": AutoQA()},
-)

@@ -3,7 +3,7 @@
 ``QALLM`` is what the ``qa_pairs`` asset asks. ``OpenAICompatibleQA`` talks to any server speaking
 OpenAI's ``/v1/chat/completions`` (vLLM, llama.cpp server, Ollama, OpenAI itself) with timeouts,
 retries, a concurrency limit and an on-disk reply cache; ``OfflineQA`` needs no model at all.
-``AutoQA`` (the default resource) picks one from ``generation.qa`` in mochi.yaml at run time.
+``data_generation.assets.qa_writer`` picks one from ``generation.qa`` when the code location loads.
 """
 
 from __future__ import annotations
@@ -50,10 +50,6 @@ class RequestFailed(RuntimeError):
 
 class QALLM(dg.ConfigurableResource):
     """Writes question/answer pairs about code symbols."""
-
-    def for_settings(self, settings: QASettings) -> QALLM:
-        """The back-end to use under the project's ``generation.qa`` settings (an explicit resource: itself)."""
-        return self
 
     @abstractmethod
     def ask(
@@ -269,17 +265,3 @@ def _reply_content(response: httpx.Response) -> str:
     if not isinstance(content, str):
         raise MalformedReply("choices[0].message.content is not a string")
     return content
-
-
-class AutoQA(QALLM):
-    """The default: ``OfflineQA`` when ``generation.qa.base_url`` is '', else ``OpenAICompatibleQA`` built from it."""
-
-    def for_settings(self, settings: QASettings) -> QALLM:
-        return OpenAICompatibleQA.from_settings(settings) if settings.base_url else OfflineQA()
-
-    def ask(
-        self, subjects: list[QASubject], *, pairs_per_subject: int, cache_dir: Path, log: logging.Logger
-    ) -> QABatch:
-        return self.for_settings(QASettings()).ask(
-            subjects, pairs_per_subject=pairs_per_subject, cache_dir=cache_dir, log=log
-        )

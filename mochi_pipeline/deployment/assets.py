@@ -1,10 +1,13 @@
 """Dagster assets of the deployment layer (thin wrappers over the logic modules beside this file).
 
-``gguf_model``: the merged model as GGUF files (one per quantization), checked against
-transformers by ``gguf_matches_transformers``; ``gguf_lora_adapter``: the adapter alone as a
-GGUF LoRA plus the base it applies to; ``ollama_modelfile``: ready for ``ollama create``.
+``build_defs`` makes them from the ``export`` section of mochi.yaml. ``gguf_model``: the merged
+model as GGUF files (one per quantization), checked against transformers by
+``gguf_matches_transformers``; ``gguf_lora_adapter``: the adapter alone as a GGUF LoRA plus the
+base it applies to; ``ollama_modelfile``: ready for ``ollama create``. Only a model that passed
+the quality gate reaches them; otherwise the files exported before stay as they are.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,14 @@ import dagster as dg
 from mochi_pipeline.deployment.exporter import write_modelfile
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
-from mochi_pipeline.deployment.ollama import OllamaModelfile
-from mochi_pipeline.resources import MochiProject
+from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline.incremental import checked, reuse
+from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.storage import content_hash, file_sha256
+from mochi_pipeline.training.artifacts import EvaluationReport, FineTunedAdapter, MergedModel
 
 GROUP = "deployment"
+LOGIC_VERSION = "2"
 GGUF_DIR = "gguf"
 
 
@@ -34,106 +40,120 @@ def _verification_metadata(report: VerificationReport) -> dict[str, Any]:
     }
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"gguf", "llamacpp"},
-    code_version="1",
-    description="The merged fine-tuned model as GGUF files (export.quantizations), converted by llama.cpp's own "
-                "converter; q4_k_m by the llama.cpp runtime where the architecture allows it.",
-)
-def gguf_model(context: dg.AssetExecutionContext, project: MochiProject, merged_model: Any) -> dg.Output[GGUFExport]:
-    settings = project.config.export
-    out_dir = project.path(GGUF_DIR, "model")
-    result = export_gguf(Path(merged_model.path), out_dir, settings.quantizations, name=settings.name,
-                         log=context.log.info)
-    sizes = "\n".join(f"| {f.quantization} | {_mib(f.size_bytes)} | `{Path(f.path).name}` |" for f in result.files)
-    skipped = "\n".join(f"- **{q}**: {why}" for q, why in result.skipped.items()) or "none"
-    metadata = {
-        "files": dg.MetadataValue.md(f"| quantization | size | file |\n|---|---|---|\n{sizes}"),
-        "skipped": dg.MetadataValue.md(skipped),
-        "directory": dg.MetadataValue.path(result.directory),
-        **{f"size_bytes_{f.quantization}": f.size_bytes for f in result.files},
-    }
-    version = content_hash(*(file_sha256(f.path) for f in result.files))
-    return dg.Output(result, data_version=dg.DataVersion(version), metadata=metadata)
+def _files_exist(*paths: str) -> bool:
+    return all(Path(p).is_file() for p in paths)
 
 
-@dg.asset_check(
-    asset=gguf_model,
-    additional_ins={"merged_model": dg.AssetIn("merged_model")},
-    description="llama.cpp runs each GGUF like transformers runs the merged model: same token ids, float logits "
-                "within tolerance, quantized top-1 agreement, chat template and eos kept.",
-)
-def gguf_matches_transformers(
-    context: dg.AssetCheckExecutionContext, project: MochiProject, gguf_model: GGUFExport, merged_model: Any
-) -> dg.AssetCheckResult:
-    files = {f.quantization: Path(f.path) for f in gguf_model.files}
-    context.log.info(f"Comparing {sorted(files)} with {merged_model.path}")
-    report = verify_export(Path(merged_model.path), files, project.config.export.tolerances())
-    return dg.AssetCheckResult(
-        passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=_verification_metadata(report)
+def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
+    root = paths.artifacts
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"gguf", "llamacpp"},
+        code_version=f"{LOGIC_VERSION}-{export.signature('quantizations', 'model_name')}",
     )
+    def gguf_model(context: dg.AssetExecutionContext, merged_model: MergedModel) -> Iterator:
+        """The merged fine-tuned model as GGUF files (export.quantizations), converted by llama.cpp's own
+        converter; q4_k_m by the llama.cpp runtime where the architecture allows it."""
+        still_there = lambda r: _files_exist(*(f.path for f in r.files))  # noqa: E731
+        if (events := reuse(context, root, still_valid=still_there)) is not None:
+            yield from events
+            return
+        out_dir = paths.path(GGUF_DIR, "model")
+        result = export_gguf(Path(merged_model.path), out_dir, export.quantizations, name=export.name,
+                             log=context.log.info)
+        sizes = "\n".join(f"| {f.quantization} | {_mib(f.size_bytes)} | `{Path(f.path).name}` |" for f in result.files)
+        skipped = "\n".join(f"- **{q}**: {why}" for q, why in result.skipped.items()) or "none"
+        version = content_hash(*(file_sha256(f.path) for f in result.files))
+        yield dg.Output(result, data_version=dg.DataVersion(version), metadata={
+            "files": dg.MetadataValue.md(f"| quantization | size | file |\n|---|---|---|\n{sizes}"),
+            "skipped": dg.MetadataValue.md(skipped),
+            "directory": dg.MetadataValue.path(result.directory),
+            **{f"size_bytes_{f.quantization}": f.size_bytes for f in result.files},
+        })
 
+    @dg.asset_check(
+        asset=gguf_model,
+        additional_ins={"merged_model": dg.AssetIn("merged_model")},
+        description="llama.cpp runs each GGUF like transformers runs the merged model: same token ids, float "
+                    "logits within tolerance, quantized top-1 agreement, chat template and eos kept.",
+    )
+    def gguf_matches_transformers(context: dg.AssetCheckExecutionContext, gguf_model: GGUFExport,
+                                  merged_model: MergedModel) -> dg.AssetCheckResult:
+        files = {f.quantization: Path(f.path) for f in gguf_model.files}
+        context.log.info(f"Comparing {sorted(files)} with {merged_model.path}")
+        report = verify_export(Path(merged_model.path), files, export.tolerances())
+        return dg.AssetCheckResult(
+            passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=_verification_metadata(report)
+        )
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"gguf", "llamacpp"},
-    code_version="1",
-    description="The fine-tuned LoRA adapter as a GGUF LoRA (llama.cpp `--lora`) plus its base model as GGUF.",
-    check_specs=[dg.AssetCheckSpec("lora_reproduces_merged_model", asset="gguf_lora_adapter",
-                                   description="Base GGUF + LoRA GGUF in llama.cpp = base + adapter merged "
-                                               "in transformers.")],
-)
-def gguf_lora_adapter(context: dg.AssetExecutionContext, project: MochiProject, fine_tuned_adapter: Any):
-    settings = project.config.export
-    if fine_tuned_adapter.method == "full":
-        reason = "training.method is 'full': the whole model was trained, there is no adapter (use gguf_model)."
-        context.log.info(reason)
-        yield dg.Output(GGUFLoraAdapter(skipped=reason), data_version=dg.DataVersion(content_hash(reason)),
-                        metadata={"skipped": reason})
-        yield dg.AssetCheckResult(check_name="lora_reproduces_merged_model", passed=True,
-                                  severity=dg.AssetCheckSeverity.WARN, metadata={"skipped": reason})
-        return
-    adapter_dir, base_dir = Path(fine_tuned_adapter.path), Path(fine_tuned_adapter.base.path)
-    result = export_lora(adapter_dir, base_dir, project.path(GGUF_DIR, "lora"), name=settings.name,
-                         outtype=settings.lora_outtype, log=context.log.info)
-    version = content_hash(file_sha256(result.path), file_sha256(result.base_gguf_path))
-    yield dg.Output(result, data_version=dg.DataVersion(version), metadata={
-        "adapter_size": _mib(result.size_bytes),
-        "base_size": _mib(result.base_size_bytes),
-        "adapter": dg.MetadataValue.path(result.path),
-        "base": dg.MetadataValue.path(result.base_gguf_path),
-        "usage": dg.MetadataValue.md(f"`llama-server -m {result.base_gguf_path} --lora {result.path}`"),
-    })
-    context.log.info("Comparing base + LoRA in llama.cpp with the merged adapter in transformers")
-    check = verify_gguf(Reference.from_adapter(base_dir, adapter_dir), Path(result.base_gguf_path),
-                        result.outtype, settings.tolerances(), lora_path=Path(result.path))
-    report = VerificationReport(checks=[check])
-    yield dg.AssetCheckResult(check_name="lora_reproduces_merged_model", passed=check.passed,
-                              severity=dg.AssetCheckSeverity.ERROR, metadata=_verification_metadata(report))
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"gguf", "llamacpp"},
+        code_version=f"{LOGIC_VERSION}-{export.signature('model_name', 'lora_outtype')}",
+        check_specs=[dg.AssetCheckSpec("lora_reproduces_merged_model", asset="gguf_lora_adapter",
+                                       description="Base GGUF + LoRA GGUF in llama.cpp = base + adapter merged "
+                                                   "in transformers.")],
+    )
+    def gguf_lora_adapter(context: dg.AssetExecutionContext, fine_tuned_adapter: FineTunedAdapter,
+                          evaluation_report: EvaluationReport) -> Iterator:
+        """The accepted LoRA adapter as a GGUF LoRA (llama.cpp `--lora`) plus its base model as GGUF."""
+        if not evaluation_report.accepted:
+            raise dg.Failure(description=evaluation_report.rejection())
+        still_there = lambda r: r.skipped or _files_exist(r.path, r.base_gguf_path)  # noqa: E731
+        if (events := reuse(context, root, still_valid=still_there)) is not None:
+            yield from events
+            return
+        if fine_tuned_adapter.method == "full":
+            reason = "training.method is 'full': the whole model was trained, there is no adapter (use gguf_model)."
+            context.log.info(reason)
+            output = dg.Output(GGUFLoraAdapter(skipped=reason), data_version=dg.DataVersion(content_hash(reason)),
+                               metadata={"skipped": reason})
+            yield from checked(output, [dg.AssetCheckResult(
+                check_name="lora_reproduces_merged_model", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"skipped": reason})])
+            return
+        adapter_dir, base_dir = Path(fine_tuned_adapter.path), Path(fine_tuned_adapter.base.path)
+        result = export_lora(adapter_dir, base_dir, paths.path(GGUF_DIR, "lora"), name=export.name,
+                             outtype=export.lora_outtype, log=context.log.info)
+        version = content_hash(file_sha256(result.path), file_sha256(result.base_gguf_path))
+        output = dg.Output(result, data_version=dg.DataVersion(version), metadata={
+            "adapter_size": _mib(result.size_bytes),
+            "base_size": _mib(result.base_size_bytes),
+            "adapter": dg.MetadataValue.path(result.path),
+            "base": dg.MetadataValue.path(result.base_gguf_path),
+            "usage": dg.MetadataValue.md(f"`llama-server -m {result.base_gguf_path} --lora {result.path}`"),
+        })
+        context.log.info("Comparing base + LoRA in llama.cpp with the merged adapter in transformers")
+        check = verify_gguf(Reference.from_adapter(base_dir, adapter_dir), Path(result.base_gguf_path),
+                            result.outtype, export.tolerances(), lora_path=Path(result.path))
+        report = VerificationReport(checks=[check])
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="lora_reproduces_merged_model", passed=check.passed, severity=dg.AssetCheckSeverity.ERROR,
+            metadata=_verification_metadata(report))])
 
+    modelfile_settings = export.signature("model_name", "ollama_quantization", "system_prompt", "temperature",
+                                          "top_p", "num_ctx", "ollama_template")
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"ollama"},
-    code_version="1",
-    description="An Ollama Modelfile next to the GGUF files: FROM, TEMPLATE from the model's chat template, "
-                "stop tokens, SYSTEM and sampling parameters. Register it with `ollama create`.",
-)
-def ollama_modelfile(context: dg.AssetExecutionContext, project: MochiProject,
-                     gguf_model: GGUFExport) -> dg.Output[OllamaModelfile]:
-    record = write_modelfile(gguf_model, Path(gguf_model.directory), project.config.export)
-    text = Path(record.path).read_text(encoding="utf-8")
-    context.log.info(f"Wrote {record.path}; register it with: {record.create_command}")
-    return dg.Output(record, data_version=dg.DataVersion(content_hash(text)), metadata={
-        "modelfile": dg.MetadataValue.md(f"```\n{text}\n```"),
-        "create_command": record.create_command,
-        "stop_tokens": ", ".join(record.stop),
-    })
+    @dg.asset(group_name=GROUP, kinds={"ollama"}, code_version=f"{LOGIC_VERSION}-{modelfile_settings}")
+    def ollama_modelfile(context: dg.AssetExecutionContext, gguf_model: GGUFExport) -> Iterator:
+        """An Ollama Modelfile next to the GGUF files: FROM, TEMPLATE from the model's chat template, stop tokens,
+        SYSTEM and sampling parameters. Register it with `ollama create`."""
+        if (events := reuse(context, root, still_valid=lambda r: _files_exist(r.path))) is not None:
+            yield from events
+            return
+        record = write_modelfile(gguf_model, Path(gguf_model.directory), export)
+        text = Path(record.path).read_text(encoding="utf-8")
+        context.log.info(f"Wrote {record.path}; register it with: {record.create_command}")
+        # The model `ollama create` makes from it changes with the GGUF it names, not only with its text.
+        version = content_hash(text, file_sha256(record.gguf_path))
+        yield dg.Output(record, data_version=dg.DataVersion(version), metadata={
+            "modelfile": dg.MetadataValue.md(f"```\n{text}\n```"),
+            "create_command": record.create_command,
+            "stop_tokens": ", ".join(record.stop),
+        })
 
-
-defs = dg.Definitions(
-    assets=[gguf_model, gguf_lora_adapter, ollama_modelfile],
-    asset_checks=[gguf_matches_transformers],
-)
-
+    return dg.Definitions(
+        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile],
+        asset_checks=[gguf_matches_transformers],
+    )

@@ -16,9 +16,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from mochi_pipeline.llama_cpp_vendor import converter_script, llama_cpp_dir, lora_converter_script
+from mochi_pipeline.records import Record
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
 RUNTIME_TYPES = {"q4_k_m": 15}  # llama_ftype LLAMA_FTYPE_MOSTLY_Q4_K_M
@@ -45,13 +46,13 @@ class GGUFExportError(RuntimeError):
     """A conversion failed; the message quotes llama.cpp and names the likely cause."""
 
 
-class GGUFFile(BaseModel):
+class GGUFFile(Record):
     quantization: str = Field(description="f32, f16, bf16, q8_0 or q4_k_m")
     path: str = Field(description="Absolute path of the .gguf file")
     size_bytes: int
 
 
-class GGUFExport(BaseModel):
+class GGUFExport(Record):
     directory: str = Field("", description="Folder holding the .gguf files")
     source_model: str = Field("", description="The Hugging Face model directory they were converted from")
     files: list[GGUFFile] = Field(default_factory=list)
@@ -161,7 +162,7 @@ def export_gguf(
         raise GGUFExportError(f"Unknown GGUF quantization(s) {unknown}; choose from {SUPPORTED_TYPES}.")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_model_dir(model_dir)
-    result = GGUFExport(directory=str(out_dir.resolve()), source_model=str(model_dir.resolve()))
+    skipped: dict[str, str] = {}
     made: dict[str, Path] = {}
     for q in [q for q in quantizations if q in CONVERTER_TYPES]:
         log(f"Converting {model_dir} to GGUF {q}")
@@ -170,7 +171,7 @@ def export_gguf(
         reason = k_quant_skip_reason(model_dir)
         if reason:
             log(f"Skipping {q}: {reason}")
-            result.skipped[q] = reason
+            skipped[q] = reason
             continue
         source = made.get("f32") or made.get("f16") or made.get("bf16")
         temp_source = None
@@ -183,11 +184,10 @@ def export_gguf(
         finally:
             if temp_source is not None:
                 temp_source.unlink(missing_ok=True)
-    for q in quantizations:
-        if q in made:
-            path = made[q].resolve()
-            result.files.append(GGUFFile(quantization=q, path=str(path), size_bytes=path.stat().st_size))
-    return result
+    files = [GGUFFile(quantization=q, path=str(made[q].resolve()), size_bytes=made[q].stat().st_size)
+             for q in quantizations if q in made]
+    return GGUFExport(directory=str(out_dir.resolve()), source_model=str(model_dir.resolve()), files=files,
+                      skipped=skipped)
 
 
 def convert_lora_to_gguf(adapter_dir: Path, base_model_dir: Path, dest: Path, outtype: str = "f16") -> Path:
@@ -205,7 +205,7 @@ def convert_lora_to_gguf(adapter_dir: Path, base_model_dir: Path, dest: Path, ou
     return Path(dest)
 
 
-class GGUFLoraAdapter(BaseModel):
+class GGUFLoraAdapter(Record):
     path: str = Field("", description="The LoRA adapter as GGUF (llama.cpp `--lora`, llama-cpp-python `lora_path=`)")
     base_gguf_path: str = Field("", description="The base model as GGUF, which the adapter applies to")
     outtype: str = ""

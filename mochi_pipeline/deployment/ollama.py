@@ -12,17 +12,18 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from mochi_pipeline.deployment.chat_template import ChatTemplateError, ChatWrappers, parse_chat_template
 from mochi_pipeline.deployment.gguf_metadata import read_chat_info
+from mochi_pipeline.records import Record
 
 
 class ModelfileError(ValueError):
     """The Modelfile cannot be written as asked; the message says what to change."""
 
 
-class OllamaModelfile(BaseModel):
+class OllamaModelfile(Record):
     path: str = Field(description="The Modelfile")
     gguf_path: str = Field(description="The GGUF file its FROM line names")
     stop: list[str] = Field(default_factory=list, description="PARAMETER stop values")

@@ -1,71 +1,133 @@
-"""Dagster assets of the ingestion layer (thin wrappers over the logic modules beside this file)."""
+"""Dagster assets of the ingestion layer (thin wrappers over the logic modules beside this file).
+
+``build_defs`` makes them from the two sections of mochi.yaml this layer reads. The commit a run
+reads is pinned once: the run's ``mochi/commit`` tag (``mochi run`` observes, then tags), else the
+last observation of ``git_repository`` made before the run was created (the commit sensor's, or
+the UI's "Observe"), else, on an instance that never observed it, the observation the run's first
+step records. Every asset of one run so reads the same commit, the one Dagster records as its input.
+"""
 
 from collections import Counter
 from collections.abc import Iterator
 
 import dagster as dg
 
+from mochi_pipeline.dagster_internals import forget_input_version
+from mochi_pipeline.incremental import DATA_VERSION_TAG, checked, reuse
 from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository, redact
+from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
 from mochi_pipeline.ingestion.source_loader import load_source_files
 from mochi_pipeline.metadata import md_table, records_hash
+from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.records import Commit
-from mochi_pipeline.resources import MochiProject
 
 GROUP = "ingestion"
+LOGIC_VERSION = "2"
 PREVIEW_ROWS = 15
+REPOSITORY = dg.AssetKey("git_repository")
+COMMIT_TAG = "mochi/commit"
 
 
-def _open(project: MochiProject) -> tuple[Repository, str]:
-    """The configured repository (remote ones cloned or fetched) and the full SHA of repo.rev."""
-    cfg = project.config
+def open_repo(repo: RepoSettings, paths: ProjectPaths, fetch: bool) -> Repository:
+    """The configured repository; a remote one is cloned, and fetched when ``fetch``."""
     try:
-        repo = open_repository(cfg.repo_source, project.artifacts / "repos", timeout_s=cfg.repo.git_timeout_s)
-        return repo, repo.resolve_rev(cfg.repo.rev)
+        return open_repository(paths.repo_source, paths.artifacts / "repos", timeout_s=repo.git_timeout_s,
+                               fetch=fetch)
     except GitError as err:  # shown in the UI as the failure's description, not a traceback
         raise dg.Failure(description=str(err)) from None
 
 
-@dg.observable_source_asset(
-    group_name=GROUP,
-    tags={"dagster/kind/git": ""},
-    description="The configured repository at repo.rev; its data version is the commit SHA, so "
-    "downstream assets go stale exactly when the code changes.",
-)
-def git_repository(context: dg.AssetExecutionContext, project: MochiProject) -> dg.ObserveResult:
-    repo, sha = _open(project)
-    context.log.info(f"{redact(project.config.repo_source)} at {project.config.repo.rev} is {sha}")
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(sha),
-        metadata={"source": redact(project.config.repo_source), "rev": project.config.repo.rev, "commit": sha,
-                  "local_path": dg.MetadataValue.path(str(repo.path))},
+def observe_commit(repo: RepoSettings, paths: ProjectPaths) -> tuple[str, dict]:
+    """The commit repo.rev points at now (a remote is fetched first), and metadata describing it."""
+    repository = open_repo(repo, paths, fetch=True)
+    try:
+        sha = repository.resolve_rev(repo.rev)
+    except GitError as err:
+        raise dg.Failure(description=str(err)) from None
+    return sha, {"source": redact(paths.repo_source), "rev": repo.rev, "commit": sha,
+                 "local_path": dg.MetadataValue.path(str(repository.path))}
+
+
+def record_commit(instance: dg.DagsterInstance, sha: str, metadata: dict) -> None:
+    """Record an observation of git_repository outside a run (the CLI, the commit sensor)."""
+    instance.report_runless_asset_event(dg.AssetObservation(REPOSITORY, tags={DATA_VERSION_TAG: sha},
+                                                            metadata=metadata))
+
+
+def _observation_version(records) -> str | None:
+    return records[0].asset_observation.tags.get(DATA_VERSION_TAG) if records else None
+
+
+def pinned_commit(context: dg.AssetExecutionContext, repo: RepoSettings, paths: ProjectPaths) -> str:
+    """The commit this run reads (see the module docstring)."""
+    tagged = context.run.tags.get(COMMIT_TAG)
+    if tagged:
+        return tagged
+    instance = context.instance
+    created = instance.get_run_record_by_id(context.run_id).create_timestamp.timestamp()
+    before = dg.AssetRecordsFilter(asset_key=REPOSITORY, before_timestamp=created)
+    sha = _observation_version(instance.fetch_observations(before, limit=1).records)
+    if sha:
+        return sha
+    after = dg.AssetRecordsFilter(asset_key=REPOSITORY, after_timestamp=created)
+    if not instance.fetch_observations(after, limit=1).records:  # never observed: this step observes
+        record_commit(instance, *observe_commit(repo, paths))
+    forget_input_version(context, REPOSITORY)  # Dagster read it before this run recorded it
+    # The first observation since the run began: parallel steps that both observed agree on it.
+    return _observation_version(instance.fetch_observations(after, limit=1, ascending=True).records)
+
+
+def read_at(repo: RepoSettings, paths: ProjectPaths, sha: str) -> Repository:
+    """The repository, holding ``sha`` (a remote clone is fetched only if it lacks it)."""
+    repository = open_repo(repo, paths, fetch=False)
+    if not repository.has_commit(sha):
+        repository = open_repo(repo, paths, fetch=True)
+        if not repository.has_commit(sha):
+            raise dg.Failure(description=f"Commit {sha} observed earlier is no longer in {redact(paths.repo_source)} "
+                                         "(history rewritten?). Run `mochi run` again to read the current one.")
+    return repository
+
+
+def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths) -> dg.Definitions:
+    root = paths.artifacts
+
+    @dg.observable_source_asset(
+        name="git_repository",
+        group_name=GROUP,
+        tags={"dagster/kind/git": ""},
+        description="The configured repository at repo.rev; its data version is the commit SHA, so downstream "
+                    "assets go stale exactly when the code changes.",
     )
+    def git_repository(context) -> dg.ObserveResult:
+        sha, metadata = observe_commit(repo, paths)
+        context.log.info(f"{redact(paths.repo_source)} at {repo.rev} is {sha}")
+        return dg.ObserveResult(data_version=dg.DataVersion(sha), metadata=metadata)
 
-
-@dg.asset(
-    group_name=GROUP,
-    deps=[git_repository],
-    kinds={"git", "python"},
-    code_version="1",
-    check_specs=[dg.AssetCheckSpec("source_files_found", asset="source_files",
-                                   description="At least one text file passed the filters.")],
-)
-def source_files(context: dg.AssetExecutionContext, project: MochiProject) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Tracked text files at repo.rev (filtered by sources.include/exclude), with language and last commit.
-
-    Binary, non-UTF-8, oversized, symlinked and excluded files are skipped and counted by reason.
-    """
-    repo, sha = _open(project)
-    files, skipped = load_source_files(repo, sha, project.config.sources)
-    context.log.info(f"Read {len(files)} files at {sha[:12]}; skipped {sum(skipped.values())} ({skipped})")
-    by_language = dict(sorted(Counter(f.language for f in files).items()))
-    preview = md_table(
-        ["path", "language", "bytes", "last change"],
-        [(f.path, f.language, f.size, f.last_commit_date[:10]) for f in files[:PREVIEW_ROWS]],
+    @dg.asset(
+        group_name=GROUP,
+        deps=[git_repository],
+        kinds={"git", "python"},
+        code_version=f"{LOGIC_VERSION}-{sources.signature()}",
+        check_specs=[dg.AssetCheckSpec("source_files_found", asset="source_files",
+                                       description="At least one text file passed the filters.")],
     )
-    yield dg.Output(
-        files,
-        data_version=dg.DataVersion(records_hash(files)),
-        metadata={
+    def source_files(context: dg.AssetExecutionContext) -> Iterator:
+        """Tracked text files at repo.rev (filtered by sources.include/exclude), with language and last commit.
+
+        Binary, non-UTF-8, oversized, symlinked and excluded files are skipped and counted by reason.
+        """
+        sha = pinned_commit(context, repo, paths)
+        if (events := reuse(context, root, inputs={REPOSITORY: sha})) is not None:
+            yield from events
+            return
+        files, skipped = load_source_files(read_at(repo, paths, sha), sha, sources)
+        context.log.info(f"Read {len(files)} files at {sha[:12]}; skipped {sum(skipped.values())} ({skipped})")
+        by_language = dict(sorted(Counter(f.language for f in files).items()))
+        preview = md_table(
+            ["path", "language", "bytes", "last change"],
+            [(f.path, f.language, f.size, f.last_commit_date[:10]) for f in files[:PREVIEW_ROWS]],
+        )
+        output = dg.Output(files, data_version=dg.DataVersion(records_hash(files)), metadata={
             "commit": sha,
             "files": len(files),
             "bytes": sum(f.size for f in files),
@@ -73,47 +135,42 @@ def source_files(context: dg.AssetExecutionContext, project: MochiProject) -> It
             "skipped_by_reason": dg.MetadataValue.json(skipped),
             "skipped": sum(skipped.values()),
             "preview": dg.MetadataValue.md(preview),
-        },
-    )
-    yield dg.AssetCheckResult(
-        check_name="source_files_found", asset_key="source_files", passed=bool(files),
-        metadata={"files": len(files)},
-        description=None if files else "No file passed sources.include/exclude; check those globs in mochi.yaml.",
-    )
+        })
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="source_files_found", passed=bool(files), metadata={"files": len(files)},
+            description=None if files else "No file passed sources.include/exclude; check those globs in mochi.yaml.",
+        )])
 
-
-@dg.asset(
-    group_name=GROUP,
-    deps=[git_repository],
-    kinds={"git", "python"},
-    code_version="1",
-    check_specs=[dg.AssetCheckSpec("commit_history_starts_at_rev", asset="commit_history",
-                                   description="The newest commit read is repo.rev itself.")],
-)
-def commit_history(
-    context: dg.AssetExecutionContext, project: MochiProject
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Up to repo.max_commits commits reachable from repo.rev, newest first, merges included.
-
-    Each commit carries its author, date, full message, parents and per-file status, line counts
-    and unified diff (merges: against the first parent).
-    """
-    cfg = project.config.repo
-    repo, sha = _open(project)
-    try:
-        commits: list[Commit] = list(repo.iter_commits(sha, cfg.max_commits, max_diff_bytes=cfg.max_diff_bytes))
-    except GitError as err:
-        raise dg.Failure(description=str(err)) from None
-    context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
-    preview = md_table(
-        ["sha", "date", "author", "subject", "files", "+", "-"],
-        [(c.sha[:10], c.date[:10], c.author_name, c.message.splitlines()[0] if c.message else "", len(c.files),
-          sum(f.additions for f in c.files), sum(f.deletions for f in c.files)) for c in commits[:PREVIEW_ROWS]],
+    @dg.asset(
+        group_name=GROUP,
+        deps=[git_repository],
+        kinds={"git", "python"},
+        code_version=f"{LOGIC_VERSION}-{repo.signature('max_commits', 'max_diff_bytes')}",
+        check_specs=[dg.AssetCheckSpec("commit_history_starts_at_rev", asset="commit_history",
+                                       description="The newest commit read is repo.rev itself.")],
     )
-    yield dg.Output(
-        commits,
-        data_version=dg.DataVersion(records_hash(commits)),
-        metadata={
+    def commit_history(context: dg.AssetExecutionContext) -> Iterator:
+        """Up to repo.max_commits commits reachable from repo.rev, newest first, merges included.
+
+        Each commit carries its author, date, full message, parents and per-file status, line counts
+        and unified diff (merges: against the first parent).
+        """
+        sha = pinned_commit(context, repo, paths)
+        if (events := reuse(context, root, inputs={REPOSITORY: sha})) is not None:
+            yield from events
+            return
+        try:
+            commits: list[Commit] = list(read_at(repo, paths, sha).iter_commits(
+                sha, repo.max_commits, max_diff_bytes=repo.max_diff_bytes))
+        except GitError as err:
+            raise dg.Failure(description=str(err)) from None
+        context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
+        preview = md_table(
+            ["sha", "date", "author", "subject", "files", "+", "-"],
+            [(c.sha[:10], c.date[:10], c.author_name, c.message.splitlines()[0] if c.message else "", len(c.files),
+              sum(f.additions for f in c.files), sum(f.deletions for f in c.files)) for c in commits[:PREVIEW_ROWS]],
+        )
+        output = dg.Output(commits, data_version=dg.DataVersion(records_hash(commits)), metadata={
             "commit": sha,
             "commits": len(commits),
             "merges": sum(len(c.parents) > 1 for c in commits),
@@ -122,13 +179,10 @@ def commit_history(
             "oldest": commits[-1].date if commits else "",
             "newest": commits[0].date if commits else "",
             "preview": dg.MetadataValue.md(preview),
-        },
-    )
-    starts_at_rev = not commits or commits[0].sha == sha
-    yield dg.AssetCheckResult(
-        check_name="commit_history_starts_at_rev", asset_key="commit_history", passed=starts_at_rev,
-        metadata={"rev_commit": sha, "first_commit": commits[0].sha if commits else ""},
-    )
+        })
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="commit_history_starts_at_rev", passed=not commits or commits[0].sha == sha,
+            metadata={"rev_commit": sha, "first_commit": commits[0].sha if commits else ""},
+        )])
 
-
-defs = dg.Definitions(assets=[git_repository, source_files, commit_history])
+    return dg.Definitions(assets=[git_repository, source_files, commit_history])

@@ -169,6 +169,13 @@ class Repository:
     def has_commits(self) -> bool:
         return bool(self.git("rev-list", "-n", "1", "--all").strip())
 
+    def has_commit(self, sha: str) -> bool:
+        try:
+            self.git("cat-file", "-e", f"{sha}^{{commit}}")
+        except _CommandFailed:
+            return False
+        return True
+
     # --- files -----------------------------------------------------------------------------
 
     def list_files(self, rev: str) -> list[TreeEntry]:
@@ -376,9 +383,16 @@ def _add_section(sections: dict[str, str], lines: list[str]) -> None:
 # --- opening --------------------------------------------------------------------------------
 
 
-def open_repository(source: str, cache_dir: str | os.PathLike, timeout_s: float = 600) -> Repository:
-    """Open ``source``: a local repository in place, or a remote cloned (then fetched) under ``cache_dir``."""
-    repo = _open_remote(source, Path(cache_dir), timeout_s) if is_remote_source(source) else _open_local(source)
+def open_repository(source: str, cache_dir: str | os.PathLike, timeout_s: float = 600,
+                    fetch: bool = True) -> Repository:
+    """Open ``source``: a local repository in place, or a remote cloned (then fetched) under ``cache_dir``.
+
+    ``fetch=False`` reads an existing clone as it is (a commit already observed is there to read).
+    """
+    if is_remote_source(source):
+        repo = _open_remote(source, Path(cache_dir), timeout_s, fetch)
+    else:
+        repo = _open_local(source)
     if not repo.has_commits():
         raise GitError(f"{source} has no commits yet. Commit something (git add -A && git commit) and run again.")
     return repo
@@ -399,17 +413,19 @@ def _open_local(source: str) -> Repository:
     return Repository(top, source)
 
 
-def _open_remote(url: str, cache_dir: Path, timeout_s: float) -> Repository:
+def _open_remote(url: str, cache_dir: Path, timeout_s: float, fetch: bool) -> Repository:
     validate_remote_url(url)
     key = content_hash(url)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Assets run in parallel processes: one clone/fetch of a given remote at a time.
     with file_lock(cache_dir / f".{key}.lock"):
-        return _clone_or_fetch(url, cache_dir / key, timeout_s)
+        return _clone_or_fetch(url, cache_dir / key, timeout_s, fetch)
 
 
-def _clone_or_fetch(url: str, target: Path, timeout_s: float) -> Repository:
+def _clone_or_fetch(url: str, target: Path, timeout_s: float, fetch: bool) -> Repository:
     if target.is_dir() and _is_git_dir(target):
+        if not fetch:
+            return Repository(target, url)
         try:
             _run_git(["fetch", "--quiet", "--prune", "--tags", "origin"], cwd=target, timeout=timeout_s)
         except _CommandFailed as err:

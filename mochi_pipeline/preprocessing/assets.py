@@ -1,10 +1,8 @@
 """Dagster assets of the preprocessing layer (thin wrappers over the logic modules beside this file).
 
-Code versions name the logic (chunker/dedup/normaliser versions); the chunking and dedup settings
-come from mochi.yaml at run time, so their signatures are recorded as metadata and hashed into each
-output's data version, which changes whenever the output does.
+``build_defs`` makes them from the ``chunking`` and ``dedup`` sections of mochi.yaml; each asset's
+code version names its logic and the settings it reads.
 """
-
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -13,14 +11,16 @@ from pathlib import PurePosixPath
 import dagster as dg
 from pydantic import Field
 
+from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.ingestion.doc_parser import parse_document
 from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
 from mochi_pipeline.metadata import md_table, records_hash
+from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, normalized_hash
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
+from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import Chunk, DocSection, SourceFile
-from mochi_pipeline.resources import MochiProject
 
 GROUP = "preprocessing"
 PREVIEW_ROWS = 20
@@ -40,98 +40,95 @@ def _is_text_doc(path: str) -> bool:
     return p.stem.upper() in TEXT_DOC_STEMS or any(part.lower() in TEXT_DOC_DIRS for part in p.parts[:-1])
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"python", "markdown"},
-    code_version=NORMALIZER_VERSION,
-    check_specs=[dg.AssetCheckSpec("doc_sections_not_empty", asset="doc_sections",
-                                   description="Every section has text or a code block after normalisation.")],
-)
-def doc_sections(
-    context: dg.AssetExecutionContext, project: MochiProject, source_files: list[SourceFile]
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Documentation (Markdown, reStructuredText, AsciiDoc, README-like text) split by heading and normalised.
-
-    Markup noise (badges, link targets, HTML) is removed; code blocks are kept verbatim. Other text
-    files (requirements.txt, notes) are skipped and counted.
-    """
-    sections: list[DocSection] = []
-    skipped: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    for f in source_files:
-        if f.language not in DOC_LANGUAGES and not (f.language == "text" and _is_text_doc(f.path)):
-            skipped["not_documentation"] += 1
-            continue
-        for section in parse_document(f.path, f.text):
-            clean = normalize_section(section)
-            if clean.text.strip() or clean.code_blocks:
-                sections.append(clean)
-            else:
-                dropped["empty_after_normalisation"] += 1
-    context.log.info(f"{len(sections)} doc sections from {len(source_files) - sum(skipped.values())} documents")
-    by_format = dict(sorted(Counter(s.format for s in sections).items()))
-    preview = md_table(["path", "heading", "lines", "text"],
-                        [(s.path, " / ".join(s.heading_path), f"{s.start_line}-{s.end_line}", s.text)
-                         for s in sections[:PREVIEW_ROWS]])
-    yield dg.Output(
-        sections,
-        data_version=dg.DataVersion(records_hash(sections)),
-        metadata={
-            "sections": len(sections),
-            "sections_by_format": dg.MetadataValue.json(by_format),
-            "code_blocks": sum(len(s.code_blocks) for s in sections),
-            "skipped_files_by_reason": dg.MetadataValue.json(dict(skipped)),
-            "dropped_sections_by_reason": dg.MetadataValue.json(dict(dropped)),
-            "preview": dg.MetadataValue.md(preview),
-        },
-    )
-    empty = [f"{s.path}:{s.start_line}" for s in sections if not (s.text.strip() or s.code_blocks)]
-    yield dg.AssetCheckResult(check_name="doc_sections_not_empty", asset_key="doc_sections", passed=not empty,
-                              metadata={"empty": len(empty), "examples": dg.MetadataValue.json(empty[:10])})
-
-
 def _chunk_preview(chunks: Sequence[Chunk]) -> str:
     return md_table(["path", "symbol", "kind", "lines", "tokens"],
                      [(c.path, c.symbol, c.kind, f"{c.start_line}-{c.end_line}", c.n_tokens)
                       for c in chunks[:PREVIEW_ROWS]])
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"python"},
-    code_version=f"chunker-{CHUNKER_VERSION}",
-    check_specs=[
-        dg.AssetCheckSpec("code_chunks_not_empty", asset="code_chunks", description="No chunk is blank."),
-        dg.AssetCheckSpec("code_chunks_within_budget", asset="code_chunks",
-                          description="Every chunk has at most chunking.max_tokens tokens."),
-    ],
-)
-def code_chunks(
-    context: dg.AssetExecutionContext, config: PreprocessingRunConfig, project: MochiProject,
-    source_files: list[SourceFile],
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Source files cut along syntax (tree-sitter) into functions, classes and module code within a token budget.
+def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectPaths) -> dg.Definitions:
+    root = paths.artifacts
 
-    Each chunk carries a context header (file, module docstring, imports it uses, enclosing class).
-    Results are cached per file blob under <artifacts>/cache/chunks, so unchanged files are not parsed again.
-    """
-    settings = project.config.chunking
-    skipped: Counter[str] = Counter()
-    code: list[SourceFile] = []
-    for f in source_files:
-        if f.language in DOC_LANGUAGES:
-            skipped["documentation"] += 1
-        elif f.language in settings.exclude_languages:
-            skipped[f"excluded_language:{f.language}"] += 1
-        else:
-            code.append(f)
-    cache_dir = project.artifacts / "cache" / "chunks"
-    chunks, stats = chunk_files(code, settings, cache_dir, workers=config.workers)
-    context.log.info(f"{len(chunks)} chunks from {len(code)} files ({stats.cache_hits} cached, modes {stats.modes})")
-    yield dg.Output(
-        chunks,
-        data_version=dg.DataVersion(records_hash(chunks, str(settings))),
-        metadata={
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"python", "markdown"},
+        code_version=f"normalizer{NORMALIZER_VERSION}",
+        check_specs=[dg.AssetCheckSpec("doc_sections_not_empty", asset="doc_sections",
+                                       description="Every section has text or a code block after normalisation.")],
+    )
+    def doc_sections(context: dg.AssetExecutionContext, source_files: list[SourceFile]) -> Iterator:
+        """Documentation (Markdown, reStructuredText, AsciiDoc, README-like text) split by heading and normalised.
+
+        Markup noise (badges, link targets, HTML) is removed; code blocks are kept verbatim. Other text
+        files (requirements.txt, notes) are skipped and counted.
+        """
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        sections: list[DocSection] = []
+        skipped: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
+        for f in source_files:
+            if f.language not in DOC_LANGUAGES and not (f.language == "text" and _is_text_doc(f.path)):
+                skipped["not_documentation"] += 1
+                continue
+            for section in parse_document(f.path, f.text):
+                clean = normalize_section(section)
+                if clean.text.strip() or clean.code_blocks:
+                    sections.append(clean)
+                else:
+                    dropped["empty_after_normalisation"] += 1
+        context.log.info(f"{len(sections)} doc sections from {len(source_files) - sum(skipped.values())} documents")
+        by_format = dict(sorted(Counter(s.format for s in sections).items()))
+        preview = md_table(["path", "heading", "lines", "text"],
+                            [(s.path, " / ".join(s.heading_path), f"{s.start_line}-{s.end_line}", s.text)
+                             for s in sections[:PREVIEW_ROWS]])
+        output = dg.Output(sections, data_version=dg.DataVersion(records_hash(sections)), metadata={
+            "sections": len(sections),
+            "sections_by_format": dg.MetadataValue.json(by_format),
+            "code_blocks": sum(len(s.code_blocks) for s in sections),
+            "skipped_files_by_reason": dg.MetadataValue.json(dict(skipped)),
+            "dropped_sections_by_reason": dg.MetadataValue.json(dict(dropped)),
+            "preview": dg.MetadataValue.md(preview),
+        })
+        empty = [f"{s.path}:{s.start_line}" for s in sections if not (s.text.strip() or s.code_blocks)]
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="doc_sections_not_empty", passed=not empty,
+            metadata={"empty": len(empty), "examples": dg.MetadataValue.json(empty[:10])})])
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"python"},
+        code_version=f"chunker{CHUNKER_VERSION}-{chunking.signature()}",
+        check_specs=[
+            dg.AssetCheckSpec("code_chunks_not_empty", asset="code_chunks", description="No chunk is blank."),
+            dg.AssetCheckSpec("code_chunks_within_budget", asset="code_chunks",
+                              description="Every chunk has at most chunking.max_tokens tokens."),
+        ],
+    )
+    def code_chunks(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
+                    source_files: list[SourceFile]) -> Iterator:
+        """Source files cut along syntax (tree-sitter) into functions, classes and module code within a token budget.
+
+        Each chunk carries a context header (file, module docstring, imports it uses, enclosing class).
+        Results are cached per file blob under <artifacts>/cache/chunks, so unchanged files are not parsed again.
+        """
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        skipped: Counter[str] = Counter()
+        code: list[SourceFile] = []
+        for f in source_files:
+            if f.language in DOC_LANGUAGES:
+                skipped["documentation"] += 1
+            elif f.language in chunking.exclude_languages:
+                skipped[f"excluded_language:{f.language}"] += 1
+            else:
+                code.append(f)
+        chunks, stats = chunk_files(code, chunking, root / "cache" / "chunks", workers=config.workers)
+        context.log.info(f"{len(chunks)} chunks from {len(code)} files ({stats.cache_hits} cached, "
+                         f"modes {stats.modes})")
+        output = dg.Output(chunks, data_version=dg.DataVersion(records_hash(chunks)), metadata={
             "chunks": len(chunks),
             "files": len(code),
             "cache_hits": stats.cache_hits,
@@ -141,48 +138,43 @@ def code_chunks(
             "skipped_files_by_reason": dg.MetadataValue.json(dict(sorted(skipped.items()))),
             "dropped_by_reason": dg.MetadataValue.json({"punctuation_only": stats.dropped_punctuation}),
             "max_tokens_seen": max((c.n_tokens for c in chunks), default=0),
-            "settings": str(settings),
             "preview": dg.MetadataValue.md(_chunk_preview(chunks)),
-        },
+        })
+        blank = [c.id for c in chunks if not c.text.strip()]
+        over = [f"{c.path}:{c.start_line} ({c.n_tokens})" for c in chunks if c.n_tokens > chunking.max_tokens]
+        yield from checked(output, [
+            dg.AssetCheckResult(check_name="code_chunks_not_empty", passed=not blank, metadata={"blank": len(blank)}),
+            dg.AssetCheckResult(check_name="code_chunks_within_budget", passed=not over,
+                                metadata={"over_budget": len(over), "max_tokens": chunking.max_tokens,
+                                          "examples": dg.MetadataValue.json(over[:10])}),
+        ])
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"python"},
+        code_version=f"dedup{DEDUP_VERSION}-{dedup.signature()}",
+        check_specs=[dg.AssetCheckSpec("no_exact_duplicates_left", asset="deduplicated_chunks",
+                                       description="No two kept chunks have the same whitespace-normalised text.")],
     )
-    blank = [c.id for c in chunks if not c.text.strip()]
-    yield dg.AssetCheckResult(check_name="code_chunks_not_empty", asset_key="code_chunks", passed=not blank,
-                              metadata={"blank": len(blank)})
-    over = [f"{c.path}:{c.start_line} ({c.n_tokens})" for c in chunks if c.n_tokens > settings.max_tokens]
-    yield dg.AssetCheckResult(check_name="code_chunks_within_budget", asset_key="code_chunks", passed=not over,
-                              metadata={"over_budget": len(over), "max_tokens": settings.max_tokens,
-                                        "examples": dg.MetadataValue.json(over[:10])})
+    def deduplicated_chunks(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
+                            code_chunks: list[Chunk]) -> Iterator:
+        """Code chunks without exact or near duplicates (MinHash LSH), one representative kept per cluster.
 
-
-@dg.asset(
-    group_name=GROUP,
-    kinds={"python"},
-    code_version=f"dedup-{DEDUP_VERSION}",
-    check_specs=[dg.AssetCheckSpec("no_exact_duplicates_left", asset="deduplicated_chunks",
-                                   description="No two kept chunks have the same whitespace-normalised text.")],
-)
-def deduplicated_chunks(
-    context: dg.AssetExecutionContext, config: PreprocessingRunConfig, project: MochiProject,
-    code_chunks: list[Chunk],
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Code chunks without exact or near duplicates (MinHash LSH), one representative kept per cluster.
-
-    The representative is the chunk from the oldest file, then the shortest path, then the earliest line.
-    """
-    settings = project.config.dedup
-    result = deduplicate(code_chunks, settings, workers=config.workers)
-    context.log.info(f"Kept {len(result.kept)} of {result.total} chunks; dropped {result.dropped}")
-    by_id = {c.id: c for c in code_chunks}
-    largest = sorted(result.clusters, key=lambda ids: (-len(ids), ids[0]))[:PREVIEW_ROWS]
-    clusters_md = md_table(
-        ["size", "kept", "dropped (first 3)"],
-        [(len(ids), f"{by_id[ids[0]].path}:{by_id[ids[0]].start_line} {by_id[ids[0]].symbol}",
-          ", ".join(f"{by_id[i].path}:{by_id[i].start_line}" for i in ids[1:4])) for ids in largest],
-    )
-    yield dg.Output(
-        result.kept,
-        data_version=dg.DataVersion(records_hash(result.kept, str(settings))),
-        metadata={
+        The representative is the chunk from the oldest file, then the shortest path, then the earliest line.
+        """
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        result = deduplicate(code_chunks, dedup, workers=config.workers)
+        context.log.info(f"Kept {len(result.kept)} of {result.total} chunks; dropped {result.dropped}")
+        by_id = {c.id: c for c in code_chunks}
+        largest = sorted(result.clusters, key=lambda ids: (-len(ids), ids[0]))[:PREVIEW_ROWS]
+        clusters_md = md_table(
+            ["size", "kept", "dropped (first 3)"],
+            [(len(ids), f"{by_id[ids[0]].path}:{by_id[ids[0]].start_line} {by_id[ids[0]].symbol}",
+              ", ".join(f"{by_id[i].path}:{by_id[i].start_line}" for i in ids[1:4])) for ids in largest],
+        )
+        output = dg.Output(result.kept, data_version=dg.DataVersion(records_hash(result.kept)), metadata={
             "kept": len(result.kept),
             "input": result.total,
             "dropped_by_reason": dg.MetadataValue.json(result.dropped),
@@ -191,14 +183,11 @@ def deduplicated_chunks(
             "cluster_size_histogram": dg.MetadataValue.json({str(k): v for k, v in
                                                              result.cluster_size_histogram().items()}),
             "largest_clusters": dg.MetadataValue.md(clusters_md),
-            "settings": str(settings),
             "preview": dg.MetadataValue.md(_chunk_preview(result.kept)),
-        },
-    )
-    seen: Counter[str] = Counter(normalized_hash(c.text) for c in result.kept)
-    repeats = sum(n - 1 for n in seen.values() if n > 1)
-    yield dg.AssetCheckResult(check_name="no_exact_duplicates_left", asset_key="deduplicated_chunks",
-                              passed=repeats == 0, metadata={"exact_duplicates": repeats})
+        })
+        seen: Counter[str] = Counter(normalized_hash(c.text) for c in result.kept)
+        repeats = sum(n - 1 for n in seen.values() if n > 1)
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="no_exact_duplicates_left", passed=repeats == 0, metadata={"exact_duplicates": repeats})])
 
-
-defs = dg.Definitions(assets=[doc_sections, code_chunks, deduplicated_chunks])
+    return dg.Definitions(assets=[doc_sections, code_chunks, deduplicated_chunks])

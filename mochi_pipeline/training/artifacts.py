@@ -39,13 +39,34 @@ class FineTunedAdapter(Record):
     best_eval_loss: float | None = None
     trainable_parameters: int = 0
     content_hash: str = ""
+    run_id: str = ""
+    warm_start_from: str = Field("", description="Final directory of the accepted run this one continued; '' = "
+                                                 "trained from the base.")
 
 
 class EvaluationReport(Record):
     path: str = Field(description="Directory with evaluation.md, evaluation.png and evaluation.json.")
     markdown: str
-    metrics: dict = Field(description="base / fine_tuned summaries: overall, by_task, by_language.")
+    metrics: dict = Field(description="base / fine_tuned / previous summaries: overall, by_task, by_language.")
     fine_tuned_better: bool
+    accepted: bool = Field(description="Passed the quality gate (or the gate is off): merge and export may follow.")
+    gate_reason: str = ""
+    adapter_path: str = Field("", description="The fine-tuned model this report judged.")
+
+    def rejection(self) -> str:
+        """What a merge or export of a rejected model says instead."""
+        return (f"The quality gate rejected the fine-tuned model: {self.gate_reason}. Nothing is merged or exported; "
+                "the model exported before stays in place. Change the training settings or the data and run again "
+                "(or set training.quality_gate: false to export anyway).")
+
+
+class AcceptedModel(Record):
+    """The last fine-tuned model that passed the quality gate: what retraining continues and must beat."""
+
+    adapter_path: str
+    method: str
+    run_id: str
+    perplexity: float | None = None
 
 
 class MergedModel(Record):

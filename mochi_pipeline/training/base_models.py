@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mochi_pipeline.training.settings import TrainingSettings
-
 # ChatML (Qwen): the base checkpoints ship without a template, their instruct siblings use this one.
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -45,18 +43,13 @@ class BasePreset:
     chat_template: str | None  # None: keep the tokenizer's own template
     end_of_turn: str | None  # None: the tokenizer's eos token
     description: str
-    # Training settings this preset changes unless mochi.yaml sets them (see ``with_preset_defaults``).
-    training_defaults: tuple[tuple[str, object], ...] = ()
 
 
 PRESETS: dict[str, BasePreset] = {
     p.name: p
     for p in (
         BasePreset("tiny", "", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                   PLAIN_TEMPLATE, None, "Offline ~7M-parameter Llama pre-trained on Python's standard library.",
-                   # Small enough to fine-tune on 2 CPU cores in minutes; a tiny model wants a larger LR.
-                   (("max_steps", 100), ("learning_rate", 1e-3), ("max_seq_length", 256), ("batch_size", 8),
-                    ("eval_steps", 50), ("save_steps", 50), ("eval_max_examples", 120))),
+                   PLAIN_TEMPLATE, None, "Offline ~7M-parameter Llama pre-trained on Python's standard library."),
         BasePreset("qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B", ATTENTION_MLP, CHATML_TEMPLATE, "<|im_end|>",
                    "Qwen2.5-Coder 0.5B base."),
         BasePreset("qwen2.5-coder-0.5b-instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct", ATTENTION_MLP, None,
@@ -118,15 +111,6 @@ def _hub_snapshot(repo_id: str) -> str:
             f"`huggingface-cli download {repo_id}` or set training.base_model to a local path "
             f"(or to the offline preset 'tiny'). ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
         ) from None
-
-
-def with_preset_defaults(settings: TrainingSettings) -> TrainingSettings:
-    """``settings`` with the base preset's training defaults for every field mochi.yaml leaves unset."""
-    preset = PRESETS.get(settings.base_model)
-    updates = {k: v for k, v in (preset.training_defaults if preset else ()) if k not in settings.model_fields_set}
-    if not updates:
-        return settings
-    return type(settings).model_validate({**settings.model_dump(), **updates})
 
 
 def resolve_base(name: str, tiny_pretrain_steps: int, log=print) -> ResolvedBase:

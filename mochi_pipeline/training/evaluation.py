@@ -1,9 +1,12 @@
-"""Base vs fine-tuned on the held-out eval split.
+"""Base vs fine-tuned (and the model it would replace) on the held-out eval split, and the quality gate.
 
 - perplexity of the expected answer given its context, per task and per language (token-weighted);
+- next-token accuracy: the share of answer tokens the model ranks first (moves long before exact
+  match does at small scale);
 - next-line completion: greedy-decode one line after the code prefix; exact match and edit
   similarity (1 - Levenshtein distance / longer length) against the real next line.
 The report is a markdown table plus a PNG; the numbers are kept as JSON for asset checks.
+``gate`` decides whether the fine-tuned model may replace what is exported.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Tally:
     n: int = 0
     nll: float = 0.0
     tokens: int = 0
+    top1: int = 0
     probes: int = 0
     exact: int = 0
     edit_sim: float = 0.0
@@ -59,6 +63,10 @@ class Tally:
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def token_accuracy(self) -> float:
+        return self.top1 / self.tokens if self.tokens else float("nan")
 
     @property
     def exact_match(self) -> float:
@@ -69,7 +77,8 @@ class Tally:
         return self.edit_sim / self.probes if self.probes else float("nan")
 
     def summary(self) -> dict[str, float | None]:
-        return {"n": self.n, "perplexity": _num(self.perplexity), "next_line_probes": self.probes,
+        return {"n": self.n, "perplexity": _num(self.perplexity), "token_accuracy": _num(self.token_accuracy),
+                "next_line_probes": self.probes,
                 "exact_match": _num(self.exact_match), "edit_similarity": _num(self.edit_similarity)}
 
 
@@ -107,13 +116,14 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, ma
 
 
 @torch.no_grad()
-def completion_nll(model: PreTrainedModel, ids: list[int], start: int) -> tuple[float, int]:
-    """Summed negative log-likelihood of ids[start:] given what precedes, and its token count."""
+def completion_nll(model: PreTrainedModel, ids: list[int], start: int) -> tuple[float, int, int]:
+    """Summed negative log-likelihood of ids[start:] given what precedes, its token count, and how many
+    of those tokens the model ranked first."""
     x = torch.tensor([ids], device=model.device)
-    logits = model(input_ids=x).logits[0, :-1].float()
-    targets = x[0, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[start - 1:], targets[start - 1:], reduction="sum")
-    return nll.item(), len(ids) - start
+    logits = model(input_ids=x).logits[0, :-1].float()[start - 1:]
+    targets = x[0, 1:][start - 1:]
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return nll.item(), len(ids) - start, int((logits.argmax(-1) == targets).sum())
 
 
 @torch.no_grad()
@@ -140,7 +150,7 @@ def score(
     for i, row in enumerate(rows, 1):
         prompt, completion = formatter.scoring_pair(row)
         ids, start = _encode(tokenizer, prompt, completion, settings.max_seq_length)
-        nll, n_tokens = completion_nll(model, ids, start) if start < len(ids) else (0.0, 0)
+        nll, n_tokens, top1 = completion_nll(model, ids, start) if start < len(ids) else (0.0, 0, 0)
         probe = None
         if row["task"] == "next_line" and prompt:
             expected = completion.split("\n", 1)[0].rstrip()
@@ -150,6 +160,7 @@ def score(
             tally.n += 1
             tally.nll += nll
             tally.tokens += n_tokens
+            tally.top1 += top1
             if probe is not None:
                 tally.probes += 1
                 tally.exact += probe[0]
@@ -167,32 +178,40 @@ def eval_rows(split: datasets.Dataset, settings: TrainingSettings) -> list[dict]
     return [split[i] for i in picked]
 
 
-def load_tuned(base: ResolvedBase, model: PreTrainedModel, final_dir: Path, method: str) -> PreTrainedModel:
-    """The fine-tuned model: the adapter put onto ``model`` (the base, already scored), or the full weights."""
+def load_tuned(base: ResolvedBase, model_dir: Path, method: str) -> PreTrainedModel:
+    """A fine-tuned model: the adapter in ``model_dir`` put onto a freshly loaded base, or the full weights."""
     if method == "full":
-        return base_models.load_model(ResolvedBase(base.name, str(final_dir), "", (), None, None))
+        return base_models.load_model(ResolvedBase(base.name, str(model_dir), "", (), None, None))
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(final_dir))
+    return PeftModel.from_pretrained(base_models.load_model(base, quantize_4bit=method == "qlora"), str(model_dir))
 
 
 def evaluate(
     data: datasets.DatasetDict, base: ResolvedBase, final_dir: Path, method: str, settings: TrainingSettings,
-    out_dir: Path, log: Callable[[str], None] = print,
+    out_dir: Path, log: Callable[[str], None] = print, previous: Path | None = None, previous_method: str = "",
 ) -> dict:
-    """Score base and fine-tuned model on the eval split; write markdown, PNG and JSON into ``out_dir``."""
+    """Score the base, the fine-tuned model and ``previous`` (the model it would replace) on the eval split.
+
+    Writes markdown, PNG and JSON into ``out_dir`` and returns the report (``previous`` is None without one).
+    """
     rows = eval_rows(data["eval"], settings)
     if not rows:
         raise ValueError("The eval split is empty, so base and fine-tuned cannot be compared; "
                          "raise generation.eval_time_share or add history to the repository.")
     tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
     formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
-    model = base_models.load_model(base, quantize_4bit=method == "qlora")
     log(f"Scoring the base model on {len(rows)} eval examples")
-    base_scores = score(model, tokenizer, formatter, rows, settings, log)
+    base_scores = score(base_models.load_model(base, quantize_4bit=method == "qlora"), tokenizer, formatter, rows,
+                        settings, log)
     log("Scoring the fine-tuned model")
-    tuned_scores = score(load_tuned(base, model, final_dir, method), tokenizer, formatter, rows, settings, log)
-    report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "n_examples": len(rows)}
+    tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log)
+    report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "previous": None,
+              "previous_path": str(previous or ""), "n_examples": len(rows)}
+    if previous is not None:
+        log(f"Scoring the model it would replace ({previous})")
+        report["previous"] = score(load_tuned(base, previous, previous_method), tokenizer, formatter, rows, settings,
+                                   log).summary()
     b, t = report["base"]["overall"], report["fine_tuned"]["overall"]
     report["fine_tuned_better"] = t["perplexity"] is not None and t["perplexity"] < (b["perplexity"] or math.inf)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,28 +228,50 @@ def evaluate(
     return report
 
 
+def gate(report: dict, tolerance: float) -> tuple[bool, str]:
+    """Whether the fine-tuned model may replace what is exported, and why (held-out perplexity)."""
+    base = report["base"]["overall"]["perplexity"]
+    tuned = report["fine_tuned"]["overall"]["perplexity"]
+    if tuned is None or not math.isfinite(tuned):
+        return False, "the fine-tuned model's held-out perplexity is not a finite number (training diverged?)"
+    if base is not None and tuned >= base:
+        return False, (f"held-out perplexity {tuned:.4g} is not below the base model's {base:.4g}: the fine-tuned "
+                       "model is worse than the model it started from")
+    previous = (report.get("previous") or {}).get("overall", {}).get("perplexity")
+    if previous is not None and tuned > previous * (1 + tolerance):
+        return False, (f"held-out perplexity {tuned:.4g} is worse than {previous:.4g} of the model it would replace "
+                       f"(by more than gate_tolerance {tolerance:.0%})")
+    than = f" and the replaced model's {previous:.4g}" if previous is not None else ""
+    return True, f"held-out perplexity {tuned:.4g} beats the base model's {base:.4g}{than}"
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
 def to_markdown(report: dict) -> str:
-    base, tuned = report["base"], report["fine_tuned"]
+    models = [("base", report["base"]), ("tuned", report["fine_tuned"])]
+    if report.get("previous"):
+        models.append(("replaced", report["previous"]))
+    metrics = [("ppl", "perplexity"), ("tok acc", "token_accuracy"), ("EM", "exact_match"),
+               ("edit sim", "edit_similarity")]
     lines = [
-        f"**Held-out evaluation** ({report['n_examples']} examples; perplexity lower is better, exact match and "
-        "edit similarity of greedy next-line completion higher is better)",
+        f"**Held-out evaluation** ({report['n_examples']} examples; perplexity: lower is better; next-token "
+        "accuracy, exact match and edit similarity of greedy next-line completion: higher is better"
+        + ("; *replaced* = the model now exported" if report.get("previous") else "") + ")",
         "",
-        "| group | n | ppl base | ppl tuned | EM base | EM tuned | edit sim base | edit sim tuned |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | n | " + " | ".join(f"{m} {name}" for m, _ in metrics for name, _ in models) + " |",
+        "|---|---:|" + "---:|" * (len(metrics) * len(models)),
     ]
 
-    def row(label: str, b: dict, t: dict) -> str:
-        return (f"| {label} | {b['n']} | {_fmt(b['perplexity'])} | {_fmt(t['perplexity'])} | {_fmt(b['exact_match'])} "
-                f"| {_fmt(t['exact_match'])} | {_fmt(b['edit_similarity'])} | {_fmt(t['edit_similarity'])} |")
+    def row(label: str, pick) -> str:
+        groups = [pick(scores) for _, scores in models]
+        cells = [_fmt((g or {}).get(key)) for _, key in metrics for g in groups]
+        return f"| {label} | {groups[0]['n']} | " + " | ".join(cells) + " |"
 
-    lines.append(row("**all**", base["overall"], tuned["overall"]))
-    for task in base["by_task"]:
-        lines.append(row(f"task: {task}", base["by_task"][task], tuned["by_task"][task]))
-    for lang in base["by_language"]:
-        lines.append(row(f"language: {lang}", base["by_language"][lang], tuned["by_language"][lang]))
+    lines.append(row("**all**", lambda s: s["overall"]))
+    for task in report["base"]["by_task"]:
+        lines.append(row(f"task: {task}", lambda s, t=task: s["by_task"].get(t)))
+    for lang in report["base"]["by_language"]:
+        lines.append(row(f"language: {lang}", lambda s, g=lang: s["by_language"].get(g)))
     return "\n".join(lines) + "\n"
-

@@ -1,14 +1,27 @@
 """Settings of the training layer (``training`` section of mochi.yaml).
 
 One model, with help text and validation in one place (trl style): every knob of the base model,
-the adapter, the optimiser, the data layout, checkpointing and evaluation lives here.
+the adapter, the optimiser, the data layout, checkpointing and evaluation lives here. A base
+preset's own defaults (``PRESET_DEFAULTS``) fill the keys mochi.yaml leaves out, once, when the
+config is read, so every later reader sees the values that will be used.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from mochi_pipeline.settings_base import Section
+
+# Training keys a base preset sets unless mochi.yaml does.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Small enough to fine-tune on 2 CPU cores in minutes; a tiny model wants a larger learning rate.
+    "tiny": {"max_steps": 100, "learning_rate": 1e-3, "max_seq_length": 256, "batch_size": 8, "eval_steps": 50,
+             "save_steps": 50, "eval_max_examples": 120},
+}
+# Settings that change how a model is judged or kept, not the weights training produces.
+EVAL_ONLY = ("eval_max_examples", "eval_max_new_tokens", "quality_gate", "gate_tolerance", "keep_runs")
 
 
 class TrainingSettings(Section):
@@ -42,8 +55,7 @@ class TrainingSettings(Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     epochs: float = Field(3.0, gt=0, description="Passes over the training split (ignored when max_steps > 0).")
     max_steps: int = Field(
-        -1, description="Stop after this many optimiser steps; -1 = run `epochs` epochs. Base presets may change "
-        "defaults of keys you leave out (tiny: 100 steps, lr 1e-3, sequence 256, batch 8).",
+        -1, description="Stop after this many optimiser steps; -1 = run `epochs` epochs.",
     )
     batch_size: int = Field(4, ge=1, description="Sequences per device per step.")
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimiser step.")
@@ -66,9 +78,24 @@ class TrainingSettings(Section):
         3, ge=0, description="Stop after this many evaluations without a better eval loss; 0 = never stop early.",
     )
 
-    # Held-out evaluation (evaluation_report)
+    # Retraining
+    warm_start: bool = Field(
+        True, description="Continue from the last accepted model when the base model and method are unchanged "
+        "(else every retraining starts from the base).",
+    )
+    keep_runs: int = Field(3, ge=1, description="Finished training runs kept on disk besides the accepted one.")
+
+    # Held-out evaluation and the quality gate (evaluation_report)
     eval_max_examples: int = Field(200, ge=1, description="Eval examples scored per model (seeded sample).")
     eval_max_new_tokens: int = Field(48, ge=1, le=1024, description="Greedy tokens generated per next-line probe.")
+    quality_gate: bool = Field(
+        True, description="Block merge and export of a model with a higher held-out perplexity than its base, or "
+        "than the model it would replace (beyond gate_tolerance); the exported model then stays in place.",
+    )
+    gate_tolerance: float = Field(
+        0.02, ge=0.0, lt=1.0, description="Relative held-out perplexity a new model may lose against the model it "
+        "replaces (evaluation noise) and still pass the gate.",
+    )
 
     # The offline `tiny` base
     tiny_pretrain_steps: int = Field(
@@ -77,6 +104,18 @@ class TrainingSettings(Section):
         "(8 x 256 tokens each; about 3 s per step on 2 free cores, so the default takes about 10 min). "
         "Each value is built once and cached.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = PRESET_DEFAULTS.get(data.get("base_model", cls.model_fields["base_model"].default), {})
+            data = {**preset, **data}
+        return data
+
+    def weights_signature(self) -> str:
+        """Signature of what changes the trained weights (not how they are judged or kept)."""
+        return self.signature(*(name for name in type(self).model_fields if name not in EVAL_ONLY))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSettings:

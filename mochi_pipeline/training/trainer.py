@@ -1,15 +1,18 @@
 """Supervised fine-tuning with TRL's ``SFTTrainer``: LoRA, QLoRA or full, resumable, early-stopped.
 
-Checkpoints go to ``<run_dir>/checkpoints/<run id>``, the run id being a hash of everything that
-changes the result (settings, base model, data): a killed run with the same inputs resumes from its
-last checkpoint; a changed input starts afresh. The final adapter (or full model) is written
-atomically to ``<run_dir>/final`` with the tokenizer, the loss history (JSON) and its plot (PNG).
+Each run lives in ``<runs_dir>/<run id>``, the run id being a hash of everything that changes the
+result (settings, base model, data, the model it starts from): a killed run with the same inputs
+resumes from its last checkpoint (``checkpoints/``); a changed input starts afresh. The final
+adapter (or full model) is written atomically to ``final/`` with the tokenizer, the loss history
+(JSON) and its plot (PNG); the checkpoints are then removed. A warm start (``init_from``) continues
+from an earlier run's final weights instead of the base's.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,8 +43,7 @@ from mochi_pipeline.training.sft_data import Formatter
 RESULT_FILE = "training_result.json"
 HISTORY_FILE = "loss_history.json"
 CURVE_FILE = "loss_curve.png"
-# Settings that only change the held-out evaluation, not the trained weights.
-_EVAL_ONLY = {"eval_max_examples", "eval_max_new_tokens"}
+FINAL_DIR = "final"
 
 
 class TrainingError(RuntimeError):
@@ -65,6 +67,9 @@ class TrainingResult:
     best_eval_loss: float | None
     resumed_from: str
     seconds: float
+    warm_start_from: str = ""  # the final directory of the run this one continued, '' = from the base
+    base_path: str = ""
+    lora_rank: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -142,10 +147,49 @@ def check_method_supported(method: str) -> None:
         raise TrainingError("QLoRA needs bitsandbytes: pip install 'mochi[gpu]' (or use method: lora).") from None
 
 
-def run_id(settings: TrainingSettings, base: ResolvedBase, data: datasets.DatasetDict) -> str:
-    knobs = settings.model_dump(mode="json", exclude=_EVAL_ONLY)
+def run_id(settings: TrainingSettings, base: ResolvedBase, data: datasets.DatasetDict,
+           init_from: Path | None = None) -> str:
     fingerprints = [data[s]._fingerprint for s in ("train", "eval")]
-    return content_hash(json.dumps(knobs, sort_keys=True), base.path, *fingerprints)
+    start = weights_hash(init_from) if init_from is not None else "base"
+    return content_hash(settings.weights_signature(), base.path, start, *fingerprints)
+
+
+def weights_hash(model_dir: Path) -> str:
+    """Hash of a model directory's weights and configs (not run logs: the same weights keep the hash)."""
+    names = {"config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"}
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and (p.suffix == ".safetensors"
+                                                                              or p.name in names))
+    return content_hash(*(part for p in files for part in (p.relative_to(model_dir).as_posix(), p.read_bytes())))
+
+
+def warm_start_refusal(init_from: Path, base: ResolvedBase, settings: TrainingSettings) -> str:
+    """Why an earlier run's final weights cannot seed this run ('' when they can)."""
+    try:
+        earlier = TrainingResult.load(init_from)
+    except (OSError, ValueError, TypeError) as err:
+        return f"its training record is unreadable ({type(err).__name__})"
+    if earlier.method != settings.method:
+        return f"the method changed ({earlier.method} -> {settings.method})"
+    if earlier.base_path != base.path:
+        return "the base model changed"
+    if settings.method != "full" and (
+        earlier.lora_rank != settings.lora_rank
+        or (settings.lora_targets and sorted(settings.lora_targets) != sorted(earlier.target_modules))
+    ):
+        return "the adapter's shape (lora_rank or lora_targets) changed"
+    return ""
+
+
+def prune_runs(runs_dir: Path, keep: int, protect: set[str]) -> list[str]:
+    """Delete finished runs beyond the ``keep`` newest, never one named in ``protect``; returns what went."""
+    finished = sorted((d for d in runs_dir.iterdir() if (d / FINAL_DIR / RESULT_FILE).is_file()),
+                      key=lambda d: (d / FINAL_DIR / RESULT_FILE).stat().st_mtime, reverse=True)
+    removed = []
+    for old in finished[keep:]:
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old.name)
+    return removed
 
 
 def _history(log_history: list[dict]) -> list[dict[str, float]]:
@@ -158,15 +202,34 @@ def _history(log_history: list[dict]) -> list[dict[str, float]]:
     return rows
 
 
+def _start_model(base: ResolvedBase, settings: TrainingSettings, init_from: Path | None):
+    """The model training starts from, and the LoRA config for SFTTrainer to add (None: already adapted/full)."""
+    if settings.method == "full":
+        start = base if init_from is None else ResolvedBase(base.name, str(init_from), "", (), None, None)
+        return base_models.load_model(start), None, []
+    model = base_models.load_model(base, quantize_4bit=settings.method == "qlora")
+    targets = list(settings.lora_targets or base.target_modules or base_models.infer_target_modules(model))
+    if init_from is None:
+        return model, lora_config(settings, targets), targets
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+    return adapted, None, sorted(adapted.peft_config["default"].target_modules)
+
+
 def train(
     data: datasets.DatasetDict,
     base: ResolvedBase,
     settings: TrainingSettings,
-    run_dir: Path,
+    runs_dir: Path,
     log: Callable[[str], None] = print,
     callbacks: Sequence[TrainerCallback] = (),
+    init_from: Path | None = None,
 ) -> TrainingResult:
-    """Fine-tune ``base`` on ``data`` (splits train/eval); returns where the result is and how it went."""
+    """Fine-tune ``base`` (or continue ``init_from``) on ``data`` (splits train/eval).
+
+    Returns where the result is and how it went; the result is under ``runs_dir/<run id>/final``.
+    """
     check_method_supported(settings.method)
     started = time.monotonic()
     tokenizer = base_models.load_tokenizer(base)
@@ -176,15 +239,9 @@ def train(
     if eval_set is None:
         log("The eval split is empty: training without evaluation, early stopping or best-checkpoint selection.")
 
-    model = base_models.load_model(base, quantize_4bit=settings.method == "qlora")
-    peft_config = None
-    targets: list[str] = []
-    if settings.method in ("lora", "qlora"):
-        targets = list(settings.lora_targets or base.target_modules or base_models.infer_target_modules(model))
-        peft_config = lora_config(settings, targets)
-
-    rid = run_id(settings, base, data)
-    checkpoints = run_dir / "checkpoints" / rid
+    model, peft_config, targets = _start_model(base, settings, init_from)
+    rid = run_id(settings, base, data, init_from)
+    checkpoints = runs_dir / rid / "checkpoints"
     args = sft_config(settings, checkpoints, has_eval=eval_set is not None)
     all_callbacks: list[TrainerCallback] = [LogProgress(log), *callbacks]
     if eval_set is not None and settings.early_stopping_patience:
@@ -199,7 +256,9 @@ def train(
     total = sum(p.numel() for p in trainer.model.parameters())
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     log(
-        f"Training {settings.method} on {base.name}: {len(train_set)} train / {len(eval_set or [])} eval examples, "
+        f"Training {settings.method} on {base.name}"
+        + (f" continuing {init_from}" if init_from else " from the base")
+        + f": {len(train_set)} train / {len(eval_set or [])} eval examples, "
         f"{trainable:,} of {total:,} parameters trainable" + (f"; resuming from {last}" if last else "")
     )
     trainer.train(resume_from_checkpoint=last)
@@ -207,7 +266,7 @@ def train(
     history = _history(trainer.state.log_history)
     train_losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    final = run_dir / "final"
+    final = runs_dir / rid / FINAL_DIR
     result = TrainingResult(
         output_dir=str(final), method=settings.method, run_id=rid, global_step=trainer.state.global_step,
         epochs=round(float(trainer.state.epoch or 0.0), 3), n_train=len(train_set), n_eval=len(eval_set or []),
@@ -215,7 +274,9 @@ def train(
         first_train_loss=train_losses[0] if train_losses else None,
         last_train_loss=train_losses[-1] if train_losses else None,
         best_eval_loss=min(eval_losses) if eval_losses else None,
-        resumed_from=last or "", seconds=round(time.monotonic() - started, 1), history=history,
+        resumed_from=last or "", seconds=round(time.monotonic() - started, 1),
+        warm_start_from=str(init_from or ""), base_path=base.path,
+        lora_rank=settings.lora_rank if settings.method != "full" else 0, history=history,
     )
     if result.last_train_loss is not None and not math.isfinite(result.last_train_loss):
         raise TrainingError(f"Training diverged (loss {result.last_train_loss}); lower training.learning_rate.")
@@ -225,6 +286,7 @@ def train(
         atomic_write_text(tmp / HISTORY_FILE, json.dumps(history, indent=1))
         atomic_write_bytes(tmp / CURVE_FILE, loss_curve_png(history, f"{settings.method} on {base.name}"))
         atomic_write_text(tmp / RESULT_FILE, result.to_json())
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the final weights are whole: nothing left to resume
     log(
         f"Training done at step {result.global_step}: train loss {result.first_train_loss} -> "
         f"{result.last_train_loss}, best eval loss {result.best_eval_loss}"

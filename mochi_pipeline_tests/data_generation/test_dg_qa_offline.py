@@ -5,7 +5,8 @@ import logging
 import pytest
 from dg_upstream import chunks_of, docs_of
 
-from mochi_pipeline.data_generation.llm_client import AutoQA, OfflineQA, OpenAICompatibleQA
+from mochi_pipeline.data_generation.assets import qa_writer
+from mochi_pipeline.data_generation.llm_client import OfflineQA, OpenAICompatibleQA
 from mochi_pipeline.data_generation.qa_generator import is_test_path, qa_pairs, qa_subjects
 from mochi_pipeline.data_generation.settings import QASettings
 
@@ -46,14 +47,12 @@ def test_offline_answers_come_from_the_code(upstream, tmp_path):
     assert not list(tmp_path.iterdir())  # offline needs no cache
 
 
-def test_auto_picks_backend_from_settings():
-    assert isinstance(AutoQA().for_settings(QASettings()), OfflineQA)
-    http = AutoQA().for_settings(QASettings(base_url="http://127.0.0.1:9/v1", model="m", concurrency=2))
+def test_writer_follows_the_settings():
+    assert isinstance(qa_writer(QASettings()), OfflineQA)
+    http = qa_writer(QASettings(base_url="http://127.0.0.1:9/v1", model="m", concurrency=2))
     assert isinstance(http, OpenAICompatibleQA) and http.concurrency == 2 and http.model == "m"
     assert http.url == "http://127.0.0.1:9/v1/chat/completions"
     assert OpenAICompatibleQA(base_url="http://h:1").url == "http://h:1/v1/chat/completions"
-    explicit = OfflineQA()
-    assert explicit.for_settings(QASettings(base_url="http://x")) is explicit
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,17 @@ def test_full_fine_tuning_has_no_lora_to_export(tiny_model, tmp_path):
     assert not (tmp_path / "artifacts" / "gguf").exists()
 
 
+def test_a_model_the_gate_rejected_is_never_exported(tiny_model, tmp_path):
+    model_dir, adapter_dir = tiny_model
+    result, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {}, ["gguf_lora_adapter"],
+                                            accepted=False, raise_on_error=False)
+    assert not result.success and not values
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "gguf_lora_adapter"
+    assert "quality gate rejected" in failure.step_failure_data.user_failure_data.description
+    assert not (tmp_path / "artifacts" / "gguf").exists()
+
+
 def test_export_for_the_cli(tiny_model, tmp_path):
     """exporter.export: GGUF + verification + Modelfile in one call (what `mochi export` runs)."""
     from mochi_pipeline.deployment.exporter import export

@@ -1,25 +1,15 @@
-"""The ingestion assets materialized (and the repository observed) with the real resources."""
+"""The ingestion assets materialized (and the repository observed) from the real code location."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import pytest
-import yaml
 
-from mochi_pipeline.ingestion.assets import commit_history, git_repository, source_files
-from mochi_pipeline.ingestion.assets import defs as ingestion_defs
+from mochi_pipeline.definitions import build_defs
+from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.records import Commit, SourceFile
-from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, git
-
-
-def _resources(tmp_path: Path, repo: dict) -> dict:
-    config = tmp_path / "mochi.yaml"
-    config.write_text(yaml.safe_dump({"repo": repo, "artifacts_root": str(tmp_path / "artifacts")}))
-    project = MochiProject(config_path=str(config))
-    return {"project": project, "io_manager": ArtifactIOManager(project=project)}
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
@@ -27,15 +17,17 @@ def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
     return {k: v.value for k, v in event.metadata.items()}
 
 
-def _observe(resources: dict, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+def _observe(cfg, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    defs = build_defs(cfg)
+    source = next(a for a in defs.assets if isinstance(a, dg.SourceAsset))
     job = dg.define_asset_job("observe_repo", selection=dg.AssetSelection.keys("git_repository"))
-    defs = dg.Definitions(assets=[git_repository], jobs=[job], resources=resources)
-    return defs.resolve_job_def("observe_repo").execute_in_process(instance=instance)
+    with_job = dg.Definitions(assets=[source], jobs=[job], resources=defs.resources)
+    return with_job.resolve_job_def("observe_repo").execute_in_process(instance=instance)
 
 
 def test_materialize_source_files_and_commit_history(sample_repo, tmp_path):
-    resources = _resources(tmp_path, {"source": str(sample_repo), "max_commits": 5})
-    result = dg.materialize([git_repository, source_files, commit_history], resources=resources)
+    cfg = project_config(tmp_path, repo={"source": str(sample_repo), "max_commits": 5})
+    result = materialize(cfg, ["source_files", "commit_history"])
     assert result.success
 
     stored = tmp_path / "artifacts" / "assets"
@@ -69,13 +61,13 @@ def test_data_versions_follow_content(sample_repo, tmp_path):
     repo_dir.mkdir()
     git(repo_dir, "init", "-q", "-b", "main")
     first = commit(repo_dir, "First", "2024-01-01T00:00:00+00:00", {"a.py": "x = 1\n"})
-    resources = _resources(tmp_path, {"source": str(repo_dir)})
+    cfg = project_config(tmp_path, repo={"source": str(repo_dir)})
     instance = dg.DagsterInstance.ephemeral()
 
     def versions() -> tuple[str, str, str]:
-        observed = _observe(resources, instance)
+        observed = _observe(cfg, instance)
         (obs,) = [e for e in observed.all_events if e.event_type_value == "ASSET_OBSERVATION"]
-        materialized = dg.materialize([source_files, commit_history], resources=resources, instance=instance)
+        materialized = materialize(cfg, ["source_files", "commit_history"], instance=instance)
         latest = {
             key: instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.tags[
                 "dagster/data_version"]
@@ -98,8 +90,7 @@ def test_remote_source_is_cloned_under_artifacts(tmp_path):
     origin.mkdir()
     git(origin, "init", "-q", "-b", "main")
     commit(origin, "Only", "2024-01-01T00:00:00+00:00", {"main.go": "package main\n"})
-    resources = _resources(tmp_path, {"source": origin.as_uri()})
-    result = dg.materialize([source_files], resources=resources)
+    result = materialize(project_config(tmp_path, repo={"source": origin.as_uri()}), ["source_files"])
     (file,) = result.output_for_node("source_files")
     assert (file.path, file.language) == ("main.go", "go")
     (clone,) = [p for p in (tmp_path / "artifacts" / "repos").iterdir() if not p.name.startswith(".")]
@@ -114,16 +105,14 @@ def test_remote_source_is_cloned_under_artifacts(tmp_path):
 def test_bad_repository_config_fails_with_a_clear_message(sample_repo, tmp_path, repo, message):
     if repo["source"] == ".":
         repo = {**repo, "source": str(sample_repo)}
-    result = dg.materialize([source_files], resources=_resources(tmp_path, repo), raise_on_error=False)
+    result = materialize(project_config(tmp_path, repo=repo), ["source_files"], raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert message in failure.event_specific_data.error.message
 
 
-def test_layer_definitions_and_lineage():
-    graph = dg.Definitions.merge(
-        ingestion_defs, dg.Definitions(resources={"project": MochiProject(), "io_manager": dg.FilesystemIOManager()})
-    ).resolve_asset_graph()
+def test_layer_definitions_and_lineage(sample_repo, tmp_path):
+    graph = build_defs(project_config(tmp_path, repo={"source": str(sample_repo)})).resolve_asset_graph()
     for key in ("source_files", "commit_history"):
         node = graph.get(dg.AssetKey(key))
         assert node.parent_keys == {dg.AssetKey("git_repository")}
@@ -131,3 +120,25 @@ def test_layer_definitions_and_lineage():
         assert {"git", "python"} <= {t.split("/")[-1] for t in node.tags if t.startswith("dagster/kind/")}
         assert node.code_version
     assert graph.get(dg.AssetKey("git_repository")).is_observable
+
+
+def test_every_asset_of_a_run_reads_the_one_commit_pinned_for_it(tmp_path):
+    repo_dir = tmp_path / "r"
+    repo_dir.mkdir()
+    git(repo_dir, "init", "-q", "-b", "main")
+    old = commit(repo_dir, "First", "2024-01-01T00:00:00+00:00", {"a.py": "x = 1\n"})
+    new = commit(repo_dir, "Second", "2024-01-02T00:00:00+00:00", {"b.py": "y = 2\n"})
+    cfg = project_config(tmp_path, repo={"source": str(repo_dir)})
+
+    # `mochi run` observes, then tags the run: both assets read that commit even though HEAD moved on.
+    pinned = materialize(cfg, ["source_files", "commit_history"], tags={"mochi/commit": old})
+    assert _metadata(pinned, "source_files")["commit"] == old
+    assert [c.sha for c in pinned.output_for_node("commit_history")] == [old]
+    assert {f.path for f in pinned.output_for_node("source_files")} == {"a.py"}
+
+    # Untagged (the UI): the run's first step records what repo.rev is now, and every step reads that.
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(cfg, ["source_files", "commit_history"], instance=instance)
+    assert _metadata(result, "source_files")["commit"] == _metadata(result, "commit_history")["commit"] == new
+    observations = instance.fetch_observations(dg.AssetKey("git_repository"), limit=5).records
+    assert [o.asset_observation.tags["dagster/data_version"] for o in observations] == [new]

@@ -1,26 +1,16 @@
-"""The preprocessing assets materialized on the sample repository with the real resources."""
+"""The preprocessing assets materialized on the sample repository from the real code location."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
-import yaml
 
-from mochi_pipeline.ingestion.assets import git_repository, source_files
-from mochi_pipeline.preprocessing.assets import code_chunks, deduplicated_chunks, doc_sections
+from mochi_pipeline.incremental import FORCE_TAG
+from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.preprocessing.deduplicator import normalized_hash
 from mochi_pipeline.records import Chunk, DocSection
-from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
+from mochi_pipeline_tests.materialize import materialize, project_config
 
-ASSETS = [git_repository, source_files, doc_sections, code_chunks, deduplicated_chunks]
-
-
-def _resources(tmp_path: Path, config: dict) -> dict:
-    path = tmp_path / "mochi.yaml"
-    path.write_text(yaml.safe_dump({**config, "artifacts_root": str(tmp_path / "artifacts")}))
-    project = MochiProject(config_path=str(path))
-    return {"project": project, "io_manager": ArtifactIOManager(project=project)}
+ASSETS = ["source_files", "doc_sections", "code_chunks", "deduplicated_chunks"]
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
@@ -34,9 +24,8 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     # HEAD~1: before clamp() in pkg/util.py changed, so pkg/dup.py holds an exact and a near copy.
-    resources = _resources(tmp_path, {"repo": {"source": str(sample_repo), "rev": "HEAD~1"},
-                                      "chunking": {"min_tokens": 8}})
-    result = dg.materialize(ASSETS, resources=resources)
+    cfg = project_config(tmp_path, repo={"source": str(sample_repo), "rev": "HEAD~1"}, chunking={"min_tokens": 8})
+    result = materialize(cfg, ASSETS)
     assert result.success
     assert _checks(result) == {"source_files_found": True, "doc_sections_not_empty": True,
                                "code_chunks_not_empty": True, "code_chunks_within_budget": True,
@@ -71,8 +60,8 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     assert not any("shields.io" in s.text for s in sections)
     assert _metadata(result, "doc_sections")["skipped_files_by_reason"] == {"not_documentation": 14}
 
-    # A second run parses nothing and yields the same data versions.
-    again = dg.materialize(ASSETS, resources=resources)
+    # A second run, forced to recompute, parses nothing (per-blob cache) and yields the same data versions.
+    again = materialize(cfg, ASSETS, tags={FORCE_TAG: "true"})
     assert _metadata(again, "code_chunks")["cache_hits"] == meta["files"]
     versions = [{e.asset_key.path[-1]: e.tags["dagster/data_version"]
                  for e in r.get_asset_materialization_events()

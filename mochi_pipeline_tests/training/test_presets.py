@@ -1,21 +1,39 @@
-"""Base presets: their training defaults apply only to keys mochi.yaml leaves out."""
+"""Base presets: their training defaults fill the keys mochi.yaml leaves out, once, when it is read."""
 
 from __future__ import annotations
 
+import yaml
+
 from mochi_pipeline.config import parse_config
-from mochi_pipeline.training.base_models import PRESETS, with_preset_defaults
+from mochi_pipeline.config_template import render_template
+from mochi_pipeline.training.base_models import PRESETS
+from mochi_pipeline.training.settings import PRESET_DEFAULTS, TrainingSettings
 
 
 def test_tiny_preset_defaults_fill_only_unset_keys(tmp_path):
-    cfg = parse_config({"training": {"base_model": "tiny", "learning_rate": 5e-4}}, tmp_path)
-    effective = with_preset_defaults(cfg.training)
-    defaults = dict(PRESETS["tiny"].training_defaults)
-    assert effective.max_steps == defaults["max_steps"] != cfg.training.max_steps
-    assert effective.max_seq_length == defaults["max_seq_length"]
-    assert effective.learning_rate == 5e-4  # the user's value wins
+    training = parse_config({"training": {"base_model": "tiny", "learning_rate": 5e-4}}, tmp_path).training
+    plain = TrainingSettings.model_fields
+    assert training.max_steps == PRESET_DEFAULTS["tiny"]["max_steps"] != plain["max_steps"].default
+    assert training.max_seq_length == PRESET_DEFAULTS["tiny"]["max_seq_length"]
+    assert training.learning_rate == 5e-4  # the user's value wins
 
 
-def test_presets_without_defaults_and_unknown_models_keep_the_settings(tmp_path):
+def test_other_models_keep_the_plain_defaults(tmp_path):
     for name in ("qwen2.5-coder-0.5b", "/some/local/model"):
-        settings = parse_config({"training": {"base_model": name}}, tmp_path).training
-        assert with_preset_defaults(settings) == settings
+        training = parse_config({"training": {"base_model": name}}, tmp_path).training
+        assert training.max_steps == TrainingSettings.model_fields["max_steps"].default
+
+
+def test_preset_defaults_name_real_presets_and_real_keys():
+    for name, defaults in PRESET_DEFAULTS.items():
+        assert name in PRESETS
+        assert set(defaults) <= set(TrainingSettings.model_fields)
+
+
+def test_init_template_leaves_preset_keys_to_the_preset(tmp_path):
+    """`mochi init` must not pin tiny's values: switching base_model later gets that model's defaults."""
+    data = yaml.safe_load(render_template())
+    data["training"]["base_model"] = "qwen2.5-coder-0.5b"
+    training = parse_config(data, tmp_path).training
+    assert training.max_steps == TrainingSettings.model_fields["max_steps"].default
+    assert parse_config(yaml.safe_load(render_template()), tmp_path).training.max_steps == 100

@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import torch
-import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
-from mochi_pipeline.resources import ArtifactIOManager, MochiProject, read_asset_file
-from mochi_pipeline.training import assets as training_assets
+from mochi_pipeline.io_manager import read_asset_file, write_asset_file
 from mochi_pipeline.training.evaluation import edit_similarity
+from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
@@ -32,36 +30,28 @@ TRAINING = dict(max_steps=10, max_seq_length=192, batch_size=4, learning_rate=1e
                 eval_max_new_tokens=16)
 
 
-def _dataset_asset(dataset_dir: Path):
-    @dg.asset(name="training_dataset", group_name="data_generation")
-    def training_dataset() -> TrainingDatasetArtifact:
-        counts = {"train": 0, "eval": 0}
-        for split in counts:
-            counts[split] = sum(1 for _ in (dataset_dir / f"{split}.jsonl").open())
-        return TrainingDatasetArtifact(
-            path=str(dataset_dir), hf_path=str(dataset_dir / "hf"),
-            jsonl={s: str(dataset_dir / f"{s}.jsonl") for s in counts}, counts={}, task_counts={},
-            n_examples=counts, n_tokens={}, dropped={}, eval_sources=[], content_hash="test",
-        )
+TRAINING_ASSETS = ["base_model", "fine_tuned_adapter", "evaluation_report", "merged_model"]
 
-    return training_dataset
+
+def store_dataset_record(artifacts: Path, dataset_dir: Path) -> None:
+    """Store a training_dataset value pointing at ``dataset_dir``, as the data layer would."""
+    counts = {split: sum(1 for _ in (dataset_dir / f"{split}.jsonl").open()) for split in ("train", "eval")}
+    write_asset_file(artifacts / "assets" / "training_dataset", TrainingDatasetArtifact(
+        path=str(dataset_dir), hf_path=str(dataset_dir / "hf"),
+        jsonl={s: str(dataset_dir / f"{s}.jsonl") for s in counts}, counts={}, task_counts={},
+        n_examples=counts, n_tokens={}, dropped={}, eval_sources=[], content_hash="test",
+    ))
 
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory, store_dataset, sample_repo, tiny_base):
     root = tmp_path_factory.mktemp("training_assets")
-    config = {"repo": {"source": str(sample_repo)}, "artifacts_root": str(root / "artifacts"), "training": TRAINING}
-    (root / "mochi.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    project = MochiProject(config_path=str(root / "mochi.yaml"))
-    result = dg.materialize(
-        [_dataset_asset(store_dataset), training_assets.base_model, training_assets.fine_tuned_adapter,
-         training_assets.evaluation_report, training_assets.fine_tuned_beats_base, training_assets.merged_model],
-        resources={"project": project, "io_manager": ArtifactIOManager(project=project)},
-    )
+    cfg = project_config(root, repo={"source": str(sample_repo)}, training=TRAINING)
+    store_dataset_record(cfg.artifacts_path, store_dataset)
+    result = materialize(cfg, TRAINING_ASSETS)
     assert result.success
-    stored = root / "artifacts" / "assets"
-    return result, {name: read_asset_file(stored / f"{name}.json") for name in
-                    ("base_model", "fine_tuned_adapter", "evaluation_report", "merged_model")}
+    stored = cfg.artifacts_path / "assets"
+    return result, {name: read_asset_file(stored / f"{name}.json") for name in TRAINING_ASSETS}
 
 
 def test_lora_training_lowers_the_loss_and_moves_the_adapter(materialized):
@@ -94,7 +84,7 @@ def test_fine_tuned_model_beats_base_on_held_out_split(materialized):
     assert "| **all** |" in report.markdown and "language: python" in report.markdown
     assert (Path(report.path) / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["fine_tuned_beats_base"].passed
+    assert checks["quality_gate"].passed and report.accepted
 
 
 def test_merged_model_reproduces_the_adapter_logits(materialized):
@@ -121,3 +111,26 @@ def test_merged_model_reproduces_the_adapter_logits(materialized):
                                               ("abc", "", 0.0), ("kitten", "sitting", 1 - 3 / 7)])
 def test_edit_similarity(a, b, want):
     assert edit_similarity(a, b) == pytest.approx(want)
+
+
+def _report(base: float | None, tuned: float | None, previous: float | None = None) -> dict:
+    def scores(ppl):
+        return {"overall": {"perplexity": ppl}}
+
+    return {"base": scores(base), "fine_tuned": scores(tuned), "previous": scores(previous) if previous else None}
+
+
+@pytest.mark.parametrize(("report", "passed", "why"), [
+    (_report(100.0, 80.0), True, "beats the base"),
+    (_report(100.0, 100.0), False, "not below the base"),
+    (_report(100.0, 120.0), False, "not below the base"),
+    (_report(100.0, float("nan")), False, "not a finite number"),
+    (_report(100.0, None), False, "not a finite number"),
+    (_report(100.0, 80.0, previous=79.0), True, "replaced model"),  # within the 2% tolerance
+    (_report(100.0, 80.0, previous=70.0), False, "worse than 70"),
+])
+def test_quality_gate(report, passed, why):
+    from mochi_pipeline.training.evaluation import gate
+
+    verdict, reason = gate(report, tolerance=0.02)
+    assert verdict is passed and why in reason

@@ -44,11 +44,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, store_dataset, ti
     settings = fast_settings(max_steps=6, save_steps=2, eval_steps=2)
     with pytest.raises(Killed):
         train(data, tiny_base, settings, tmp_path, callbacks=[KillAfterCheckpoint(4)])
-    assert not (tmp_path / "final").exists()  # nothing half-written
+    assert not list(tmp_path.glob("*/final"))  # nothing half-written
     lines: list[str] = []
     result = train(data, tiny_base, settings, tmp_path, log=lines.append)
     assert Path(result.resumed_from).name == "checkpoint-4"
     assert result.global_step == 6
+    assert not (Path(result.output_dir).parent / "checkpoints").exists()  # finished: nothing left to resume
     steps = [h["step"] for h in result.history if "loss" in h]
     assert steps == [1, 2, 3, 4, 5, 6]  # the history of the first run is kept, steps continue
     assert any("resuming from" in line for line in lines)
@@ -119,3 +120,36 @@ def test_rows_become_prompt_completion_pairs(store_dataset, tiny_base):
     assert formatter.scoring_pair(raw) == (raw["context"], raw["response"])
     fim = next(r for r in split if r["task"] == "fim_psm")
     assert tokenizer(fim["text"])["input_ids"].count(tokenizer.convert_tokens_to_ids("<fim_middle>")) == 1
+
+
+@pytest.mark.slow
+def test_warm_start_continues_the_earlier_model(tmp_path, store_dataset, tiny_base):
+    data = _train_only(store_dataset)
+    settings = fast_settings(max_steps=4)
+    first = train(data, tiny_base, settings, tmp_path)
+    again = train(data, tiny_base, settings, tmp_path, init_from=Path(first.output_dir))
+    assert again.warm_start_from == first.output_dir and again.run_id != first.run_id
+    assert again.first_train_loss < first.first_train_loss  # it starts where the first run ended
+    before = load_file(str(Path(first.output_dir) / "adapter_model.safetensors"))
+    after = load_file(str(Path(again.output_dir) / "adapter_model.safetensors"))
+    assert any(not torch.equal(before[name], after[name]) for name in before)  # and keeps learning
+
+
+def test_warm_start_is_refused_when_it_would_not_fit(tmp_path, tiny_base):
+    from mochi_pipeline.training.trainer import FINAL_DIR, RESULT_FILE, warm_start_refusal
+
+    earlier = TrainingResult(
+        output_dir=str(tmp_path), method="lora", run_id="r", global_step=1, epochs=1.0, n_train=1, n_eval=0,
+        trainable_parameters=1, total_parameters=1, target_modules=["q_proj"], first_train_loss=1.0,
+        last_train_loss=1.0, best_eval_loss=None, resumed_from="", seconds=1.0, base_path=tiny_base.path,
+        lora_rank=8,
+    )
+    final = tmp_path / FINAL_DIR
+    final.mkdir()
+    (final / RESULT_FILE).write_text(earlier.to_json())
+    assert warm_start_refusal(final, tiny_base, fast_settings(lora_rank=8)) == ""
+    assert "method changed" in warm_start_refusal(final, tiny_base, fast_settings(method="full"))
+    assert "lora_rank" in warm_start_refusal(final, tiny_base, fast_settings(lora_rank=4))
+    other = tiny_base.__class__(tiny_base.name, str(tmp_path), "", (), None, None)
+    assert "base model changed" in warm_start_refusal(final, other, fast_settings(lora_rank=8))
+    assert "unreadable" in warm_start_refusal(tmp_path / "nothing", tiny_base, fast_settings())

@@ -1,0 +1,70 @@
+"""The two things mochi needs that Dagster 1.13 has no public API for; the only module using ``dagster._core``.
+
+- The stale status the UI shows. Dagster marks an asset STALE when its code version changed or a
+  *direct* parent has a new data version; ``asset_statuses`` adds, for each asset, the non-fresh
+  assets above it, which a run has to cover to bring the whole chain up to date in one go.
+- ``forget_input_version``: a step that records the first observation of its own input (the
+  repository, on a new instance) makes Dagster re-read that input's data version for the
+  provenance it stores, instead of the one it read when the step started.
+``test_dagster_internals.py`` pins the behaviour relied on, so an upgrade that changes it fails there first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.definitions.data_version import CachingStaleStatusResolver
+from dagster._core.loader import LoadingContextForTest
+
+FRESH, STALE, MISSING = "FRESH", "STALE", "MISSING"
+
+
+@dataclass
+class AssetStatus:
+    status: str  # Dagster's: FRESH, STALE or MISSING
+    causes: list[str] = field(default_factory=list)
+    upstream_changed: list[str] = field(default_factory=list)  # non-fresh ancestors of a FRESH asset
+
+    @property
+    def needs_run(self) -> bool:
+        return self.status != FRESH or bool(self.upstream_changed)
+
+
+def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[dg.AssetKey, AssetStatus]:
+    """Every materializable asset, in topological order, with Dagster's status and what is upstream of it."""
+    graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    out: dict[dg.AssetKey, AssetStatus] = {}
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        status = resolver.get_status(key).value
+        causes = [f"{c.key.asset_key.to_user_string()} {c.reason}" for c in resolver.get_stale_root_causes(key)]
+        if status == MISSING:
+            causes = ["never materialized"]
+        out[key] = AssetStatus(status, causes)
+    for key, item in out.items():
+        if item.status == FRESH:
+            item.upstream_changed = sorted(
+                a.to_user_string() for a in graph.get_ancestor_asset_keys(key) if a in out and out[a].status != FRESH
+            )
+    return out
+
+
+def forget_input_version(context: dg.AssetExecutionContext, key: dg.AssetKey) -> None:
+    """Make the step re-read ``key``'s data version when it records its materialization's provenance."""
+    context.op_execution_context._step_execution_context.wipe_input_asset_version_info(key)  # noqa: SLF001
+
+
+def descendants(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
+    """Every asset below ``key``."""
+    seen: set[dg.AssetKey] = set()
+    todo = [key]
+    while todo:
+        for child in graph.get(todo.pop()).child_keys:
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen

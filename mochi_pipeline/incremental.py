@@ -1,0 +1,138 @@
+"""Incremental rebuilds: code versions that carry upstream settings, and reuse of unchanged results.
+
+Code versions. Each layer's factory gives an asset its *own* version,
+``<logic version>-<signature of the settings it reads>``. ``chain_code_versions`` appends a hash
+of its parents' versions, so a ``mochi.yaml`` edit makes the asset that reads the setting and
+everything below it STALE in Dagster's own status (the UI included).
+
+Reuse. A run that follows a change covers the whole chain below it. An asset whose own version
+and whose inputs' data versions equal those of its last materialization returns ``Unchanged``:
+the stored value stays, the materialization repeats the previous data version, metadata and
+check results, and everything below it can be reused in turn. A run tagged ``mochi/force=true``
+(``mochi run --all``) recomputes everything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from mochi_pipeline.io_manager import Unchanged, asset_base, read_asset_file, stored_file
+from mochi_pipeline.storage import content_hash
+
+FORCE_TAG = "mochi/force"
+REUSED_KEY = "reused_from_run"
+CHECKS_KEY = "mochi/checks"
+# The tag under which Dagster stores a materialization's or observation's data version.
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def own_version(code_version: str | None) -> str:
+    """The asset's own part of a chained code version (its logic and its settings)."""
+    return (code_version or "").split("+", 1)[0]
+
+
+def chain_code_versions(assets: Sequence[Any]) -> list[Any]:
+    """``assets`` with each code version extended by a hash of its parents' (chained) versions."""
+    specs = {spec.key: spec for a in assets if isinstance(a, dg.AssetsDefinition) for spec in a.specs}
+    chained: dict[dg.AssetKey, str] = {}
+
+    def version(key: dg.AssetKey) -> str:
+        if key not in chained:
+            spec = specs[key]
+            parents = sorted((d.asset_key for d in spec.deps if d.asset_key in specs), key=lambda k: k.path)
+            own = spec.code_version or ""
+            chained[key] = f"{own}+{content_hash(*map(version, parents))[:8]}" if parents else own
+        return chained[key]
+
+    for key in specs:
+        version(key)
+    return [
+        a.map_asset_specs(lambda s: s.replace_attributes(code_version=chained[s.key]))
+        if isinstance(a, dg.AssetsDefinition) else a
+        for a in assets
+    ]
+
+
+def data_version_now(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None:
+    """The data version Dagster currently holds for ``key``: its latest materialization, else observation."""
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        records = fetch(key, limit=1).records
+        if records:
+            entry = records[0].event_log_entry
+            event = entry.asset_materialization or entry.asset_observation
+            return event.tags.get(DATA_VERSION_TAG) if event is not None else None
+    return None
+
+
+def checked(output: dg.Output, checks: Sequence[dg.AssetCheckResult]) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """The output, then its check results; the results also travel in its metadata so a reuse repeats them."""
+    summary = [
+        {"check_name": c.check_name, "passed": c.passed, "severity": c.severity.value,
+         "description": c.description, "metadata": {k: _plain(v) for k, v in c.metadata.items()}}
+        for c in checks
+    ]
+    yield output.with_metadata({**output.metadata, CHECKS_KEY: dg.MetadataValue.json(summary)})
+    yield from checks
+
+
+def _plain(value: dg.MetadataValue) -> Any:
+    raw = value.value
+    try:
+        json.dumps(raw)
+    except TypeError:
+        return str(raw)
+    return raw
+
+
+def reuse(
+    context: dg.AssetExecutionContext,
+    root: str | Path,
+    inputs: Mapping[dg.AssetKey, str] | None = None,
+    still_valid: Callable[[Any], bool] | None = None,
+) -> list[dg.Output | dg.AssetCheckResult] | None:
+    """The events that repeat the last materialization, when nothing it was made from changed; else None.
+
+    ``inputs`` overrides the current data version of an input (the commit this run pinned);
+    ``still_valid`` gets the stored value and says whether what it points at is still there.
+    """
+    if context.run.tags.get(FORCE_TAG) == "true":
+        return None
+    key = context.asset_key
+    provenance = context.get_asset_provenance(key)
+    if provenance is None or own_version(provenance.code_version) != own_version(
+        context.assets_def.code_versions_by_key[key]
+    ):
+        return None
+    deps = {d.asset_key for d in context.assets_def.specs_by_key[key].deps}
+    if set(provenance.input_data_versions) != deps:
+        return None
+    for dep in deps:
+        now = (inputs or {}).get(dep) or data_version_now(context.instance, dep)
+        if now is None or provenance.input_data_versions[dep].value != now:
+            return None
+    entry = context.instance.get_latest_materialization_event(key)
+    stored = stored_file(asset_base(root, key))
+    if entry is None or entry.asset_materialization is None or stored is None:
+        return None
+    if still_valid is not None and not still_valid(read_asset_file(stored)):
+        return None
+    materialization = entry.asset_materialization
+    metadata = dict(materialization.metadata)
+    summary = metadata.pop(CHECKS_KEY, None)
+    origin = metadata.pop(REUSED_KEY, None)
+    origin_run = origin.value if origin is not None else entry.run_id
+    context.log.info(f"{key.to_user_string()}: inputs and settings unchanged since run {origin_run}; reusing it.")
+    version = dg.DataVersion(materialization.tags[DATA_VERSION_TAG])
+    output = dg.Output(Unchanged(run_id=origin_run), data_version=version,
+                       metadata={**metadata, REUSED_KEY: origin_run})
+    checks = [
+        dg.AssetCheckResult(check_name=c["check_name"], passed=c["passed"], description=c["description"],
+                            severity=dg.AssetCheckSeverity(c["severity"]), metadata=c["metadata"])
+        for c in (summary.value if summary is not None else [])
+    ]
+    return list(checked(output, checks)) if checks else [output]
