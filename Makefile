@@ -30,6 +30,7 @@ dev: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingestion.py
 	$(BIN)/python benchmarks/data_prep.py .
+	$(BIN)/python benchmarks/incremental.py .
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/serving.py
 

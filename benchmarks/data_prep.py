@@ -24,7 +24,7 @@ from mochi_pipeline.ingestion.git_connector import open_repository
 from mochi_pipeline.ingestion.settings import SourceSettings
 from mochi_pipeline.ingestion.source_loader import is_selected, load_source_files
 from mochi_pipeline.preprocessing.code_chunker import chunk_files
-from mochi_pipeline.preprocessing.deduplicator import deduplicate
+from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.grammars import parser_for, supported_languages
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 
@@ -72,8 +72,13 @@ def _pipeline(repo_path: Path, workdir: Path, cache: Path, workers: int, sources
     repo = open_repository(str(repo_path), workdir / "clones")
     files, _ = load_source_files(repo, repo.resolve_rev("HEAD"), sources)
     code = [f for f in files if f.language in supported_languages()]
-    chunks, stats = chunk_files(code, ChunkingSettings(), cache, workers=workers)
-    result = deduplicate(chunks, DedupSettings(), workers=workers)
+    # As code_chunks and deduplicated_chunks do it: the chunking workers sign the chunks they cut.
+    dedup = DedupSettings()
+    chunks, stats = chunk_files(code, ChunkingSettings(), cache / "chunks", workers=workers, dedup=dedup)
+    store = signature_store(cache, dedup)
+    store.add(stats.signatures)
+    result = deduplicate(chunks, dedup, known=store.load(), workers=workers)
+    store.save(result.signatures)
     return {"seconds": time.perf_counter() - start, "files": code, "chunks": len(chunks),
             "kept": len(result.kept), "dropped": result.dropped, "cache_hits": stats.cache_hits}
 

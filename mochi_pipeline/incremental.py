@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,37 @@ def _plain(value: dg.MetadataValue) -> Any:
     return raw
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """This asset's last materialization, made with the same own settings and logic as now."""
+
+    entry: dg.EventLogEntry
+    provenance: dg.DataProvenance
+    stored: Path  # the value the IO manager stored for it
+
+    @property
+    def materialization(self) -> dg.AssetMaterialization:
+        return self.entry.asset_materialization
+
+    def value(self) -> Any:
+        return read_asset_file(self.stored)
+
+
+def earlier(context: dg.AssetExecutionContext, root: str | Path) -> Earlier | None:
+    """The last materialization to build on, unless the run is forced or the asset's own version changed."""
+    if context.run.tags.get(FORCE_TAG) == "true":
+        return None
+    key = context.asset_key
+    provenance = context.get_asset_provenance(key)
+    entry = context.instance.get_latest_materialization_event(key)
+    stored = stored_file(asset_base(root, key))
+    if provenance is None or entry is None or entry.asset_materialization is None or stored is None:
+        return None
+    if own_version(provenance.code_version) != own_version(context.assets_def.code_versions_by_key[key]):
+        return None
+    return Earlier(entry, provenance, stored)
+
+
 def reuse(
     context: dg.AssetExecutionContext,
     root: str | Path,
@@ -100,34 +132,25 @@ def reuse(
     ``inputs`` overrides the current data version of an input (the commit this run pinned);
     ``still_valid`` gets the stored value and says whether what it points at is still there.
     """
-    if context.run.tags.get(FORCE_TAG) == "true":
+    last = earlier(context, root)
+    if last is None:
         return None
     key = context.asset_key
-    provenance = context.get_asset_provenance(key)
-    if provenance is None or own_version(provenance.code_version) != own_version(
-        context.assets_def.code_versions_by_key[key]
-    ):
-        return None
     deps = {d.asset_key for d in context.assets_def.specs_by_key[key].deps}
-    if set(provenance.input_data_versions) != deps:
+    if set(last.provenance.input_data_versions) != deps:
         return None
     for dep in deps:
         now = (inputs or {}).get(dep) or data_version_now(context.instance, dep)
-        if now is None or provenance.input_data_versions[dep].value != now:
+        if now is None or last.provenance.input_data_versions[dep].value != now:
             return None
-    entry = context.instance.get_latest_materialization_event(key)
-    stored = stored_file(asset_base(root, key))
-    if entry is None or entry.asset_materialization is None or stored is None:
+    if still_valid is not None and not still_valid(last.value()):
         return None
-    if still_valid is not None and not still_valid(read_asset_file(stored)):
-        return None
-    materialization = entry.asset_materialization
-    metadata = dict(materialization.metadata)
+    metadata = dict(last.materialization.metadata)
     summary = metadata.pop(CHECKS_KEY, None)
     origin = metadata.pop(REUSED_KEY, None)
-    origin_run = origin.value if origin is not None else entry.run_id
+    origin_run = origin.value if origin is not None else last.entry.run_id
     context.log.info(f"{key.to_user_string()}: inputs and settings unchanged since run {origin_run}; reusing it.")
-    version = dg.DataVersion(materialization.tags[DATA_VERSION_TAG])
+    version = dg.DataVersion(last.materialization.tags[DATA_VERSION_TAG])
     output = dg.Output(Unchanged(run_id=origin_run), data_version=version,
                        metadata={**metadata, REUSED_KEY: origin_run})
     checks = [

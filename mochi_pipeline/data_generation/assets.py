@@ -5,13 +5,13 @@ names its logic and the part of the section it reads.
 """
 
 import io
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import datasets
+import orjson
 
 from mochi_pipeline.data_generation import commit_pairs as commit_logic
 from mochi_pipeline.data_generation import completion_pairs as completion_logic
@@ -23,6 +23,7 @@ from mochi_pipeline.data_generation.settings import GenerationSettings, QASettin
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown, records_hash
 from mochi_pipeline.paths import ProjectPaths
+from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
 from mochi_pipeline.storage import atomic_write_bytes
 
@@ -105,8 +106,8 @@ def _histogram_png(rows: dict[str, list[dict]]) -> bytes:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    with open(path, "rb") as fh:
+        return [orjson.loads(line) for line in fh if line.strip()]
 
 
 def _check_results(artifact: dataset_builder.TrainingDatasetArtifact,
@@ -258,9 +259,14 @@ def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
         if empty_sources:
             context.log.warning(f"These generators produced nothing: {', '.join(empty_sources)}.")
         examples = [ex for items in sources.values() for ex in items]
+        store = dataset_builder.signature_store(root / "cache", gen.dataset)
+        signatures = store.load()  # texts seen in earlier builds are not hashed again
         split = dataset_builder.split_examples(
-            examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share
+            examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share,
+            signatures=signatures,
         )
+        current = {text_key(r["text"]) for rows in split.rows.values() for r in rows}
+        store.save({k: v for k, v in signatures.items() if k in current})
         try:
             artifact = dataset_builder.write_dataset(split, root / "dataset")
         except dataset_builder.EmptyDatasetError as err:

@@ -1,7 +1,9 @@
 """Facts read off a code chunk's text: the names it defines, their docstrings and signatures.
 
 Plain regular expressions over the chunk text: the chunker already cut along syntax boundaries,
-so a chunk holds whole definitions and a line-oriented reading is enough here.
+so a chunk holds whole definitions and a line-oriented reading is enough here. The patterns are
+compiled once; a name is looked for with string searches, never a regular expression compiled per
+name (thousands of names made compiling the main cost).
 """
 
 from __future__ import annotations
@@ -44,8 +46,43 @@ _NOT_A_TYPE = {
 }
 _KEYWORDS = {"if", "for", "while", "switch", "return", "catch", "else", "do", "sizeof", "new", "constructor"}
 
-_PY_DOCSTRING = r"^[ \t]*(?:async\s+)?(?:def|class)\s+{name}\b.*?:[ \t]*(?:#[^\n]*)?\n\s*[rRuU]?(\"\"\"|''')(.*?)\1"
+_PY_DEF = re.compile(r"^[ \t]*(?:async\s+)?(?:def|class)\s+(\w+)\b", re.M)
+_PY_DOCSTRING_AFTER = re.compile(r".*?:[ \t]*(?:#[^\n]*)?\n\s*[rRuU]?(\"\"\"|''')(.*?)\1", re.S)
+_TYPED_PREFIX = re.compile(r"[ \t]*((?:[\w<>\*&:]+\s+)+)")
+_TYPE_KEYWORD = re.compile(r"\b(?:class|struct|interface|enum|trait|type|impl)\s+(\w+)")
 _COMMENT_PREFIX = re.compile(r"^\s*(?:///?|#|/\*\*?|\*/?|--)\s?")
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _boundary(text: str, i: int) -> bool:
+    """Whether a regular expression's ``\\b`` holds at position ``i`` of ``text``."""
+    before = i > 0 and _is_word(text[i - 1])
+    after = i < len(text) and _is_word(text[i])
+    return before != after
+
+
+def find_word(text: str, name: str, start: int = 0) -> int:
+    """Index of ``name`` as a whole word (``\\bname\\b``) in ``text`` from ``start``, or -1."""
+    while (i := text.find(name, start)) != -1:
+        if _boundary(text, i) and _boundary(text, i + len(name)):
+            return i
+        start = i + 1
+    return -1
+
+
+def find_call(text: str, name: str, start: int = 0) -> tuple[int, int] | None:
+    """(start, end) of ``\\bname\\s*\\(`` in ``text`` from ``start`` (end just after the parenthesis), or None."""
+    while (i := text.find(name, start)) != -1:
+        j = i + len(name)
+        while j < len(text) and text[j].isspace():
+            j += 1
+        if _boundary(text, i) and j < len(text) and text[j] == "(":
+            return i, j + 1
+        start = i + 1
+    return None
 
 
 def short_name(symbol: str) -> str:
@@ -67,13 +104,13 @@ def docstring(chunk: Chunk, name: str) -> str:
     """The documentation of ``name`` inside the chunk: a Python docstring or the comment block above it."""
     if not name:
         return ""
-    py = re.search(_PY_DOCSTRING.format(name=re.escape(name)), chunk.text, re.S | re.M)
-    if py:
-        return _dedent_doc(py.group(2))
+    for definition in _PY_DEF.finditer(chunk.text):
+        if definition.group(1) == name and (py := _PY_DOCSTRING_AFTER.match(chunk.text, definition.end())):
+            return _dedent_doc(py.group(2))
     lines = chunk.text.splitlines()
     for i, line in enumerate(lines):
         if (
-            re.search(rf"\b{re.escape(name)}\b", line)
+            find_word(line, name) != -1
             and not _COMMENT_PREFIX.match(line)
             and _is_definition_line(line, name)
         ):
@@ -96,8 +133,14 @@ def _is_definition_line(line: str, name: str) -> bool:
         m = pattern.match(line)
         if m and m.group(1) == name:
             return True
-    m = re.match(rf"^[ \t]*((?:[\w<>\*&:]+\s+)+){re.escape(name)}\s*\(", line)
-    return bool(m) and m.group(1).split()[0] not in _NOT_A_TYPE
+    # `^[ \t]*((?:[\w<>\*&:]+\s+)+)name\s*\(`: a typed C-family definition, `int add(`.
+    at = 0
+    while (call := find_call(line, name, at)) is not None:
+        prefix = _TYPED_PREFIX.fullmatch(line, 0, call[0])
+        if prefix:
+            return prefix.group(1).split()[0] not in _NOT_A_TYPE
+        at = call[0] + 1
+    return False
 
 
 def _dedent_doc(text: str) -> str:
@@ -117,16 +160,14 @@ def signature(chunk: Chunk, name: str) -> Signature | None:
     """The parameter list and return annotation of ``name``'s definition, when it is a callable."""
     if not name:
         return None
-    start = re.search(rf"\b{re.escape(name)}\s*\(", chunk.text)
-    while start and not _is_definition_line(_line_at(chunk.text, start.start()), name):
-        start = re.compile(rf"\b{re.escape(name)}\s*\(").search(chunk.text, start.end())
+    start = find_call(chunk.text, name)
+    while start and not _is_definition_line(_line_at(chunk.text, start[0]), name):
+        start = find_call(chunk.text, name, start[1])
     if not start:
         return None
-    if re.search(
-        rf"\b(?:class|struct|interface|enum|trait|type|impl)\s+{re.escape(name)}\b", _line_at(chunk.text, start.start())
-    ):
+    if any(m.group(1) == name for m in _TYPE_KEYWORD.finditer(_line_at(chunk.text, start[0]))):
         return None  # a type, not a callable: its parentheses are base classes
-    open_at = start.end() - 1
+    open_at = start[1] - 1
     close_at = _matching_paren(chunk.text, open_at)
     if close_at < 0:
         return None
@@ -142,7 +183,7 @@ def signature(chunk: Chunk, name: str) -> Signature | None:
         returns = colon.group(1).strip()
     elif chunk.language == "go":
         returns = tail.split("{", 1)[0].strip()
-    line_start = chunk.text.rfind("\n", 0, start.start()) + 1
+    line_start = chunk.text.rfind("\n", 0, start[0]) + 1
     text = chunk.text[line_start : close_at + 1] + tail.split("{", 1)[0].rstrip()
     return Signature(name=name, params=params, returns=returns, text=text.strip().rstrip(":").strip())
 
@@ -214,7 +255,7 @@ def definition_text(chunk: Chunk, name: str) -> str:
     """The definition of ``name`` alone (decorators and comments above it included), else the whole chunk."""
     lines = chunk.text.splitlines(keepends=True)
     for i, line in enumerate(lines):
-        if re.search(rf"\b{re.escape(name)}\b", line) and _is_definition_line(line, name):
+        if find_word(line, name) != -1 and _is_definition_line(line, name):
             start = i
             while (
                 start > 0

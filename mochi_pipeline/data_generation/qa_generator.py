@@ -63,17 +63,31 @@ def is_test_path(path: str) -> bool:
     return bool(_TEST_PATH.search(path))
 
 
+_CALLED = re.compile(r"\b(\w+)\s*\(")
+_QUOTED = re.compile(r"`{1,2}(\w+)(?:\(\))?`{1,2}")
+
+
+def _index(texts: list[str], pattern: re.Pattern[str]) -> dict[str, list[int]]:
+    """name -> indices of the texts where ``pattern`` captures it, in order (one pass over all texts)."""
+    where: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        for name in dict.fromkeys(pattern.findall(text)):
+            where.setdefault(name, []).append(i)
+    return where
+
+
 def qa_subjects(chunks: list[Chunk], sections: list[DocSection], max_subjects: int) -> list[QASubject]:
     """Subjects for every named definition outside tests; the best documented first, at most ``max_subjects``."""
     tests = [c for c in chunks if is_test_path(c.path)]
+    # Which tests call a name, and which doc sections quote it: indexed once, not searched per name.
+    callers = _index([t.text for t in tests], _CALLED)
+    quoting = _index([s.text for s in sections], _QUOTED)
     subjects: dict[str, QASubject] = {}
     for chunk in sorted((c for c in chunks if not is_test_path(c.path)), key=lambda c: (c.path, c.start_line)):
         for name in defined_names(chunk):
             if "." in name or "::" in name or len(name) < 3 or name in subjects:
                 continue
             sig = signature(chunk, name)
-            calls = re.compile(rf"\b{re.escape(name)}\s*\(")
-            word = re.compile(rf"`{{1,2}}{re.escape(name)}(?:\(\))?`{{1,2}}")
             subjects[name] = QASubject(
                 name=name,
                 path=chunk.path,
@@ -85,8 +99,8 @@ def qa_subjects(chunks: list[Chunk], sections: list[DocSection], max_subjects: i
                 params=sig.params if sig else [],
                 returns=sig.returns if sig else "",
                 callable=sig is not None,
-                tests=[(t.path, t.text) for t in tests if calls.search(t.text)][:2],
-                docs=[s.text.strip() for s in sections if word.search(s.text)][:2],
+                tests=[(tests[i].path, tests[i].text) for i in callers.get(name, [])[:2]],
+                docs=[sections[i].text.strip() for i in quoting.get(name, [])[:2]],
             )
     ranked = sorted(
         subjects.values(), key=lambda s: (-(bool(s.docstring) + len(s.docs) + len(s.tests)), s.path, s.name)

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import dagster as dg
 
 from mochi_pipeline.dagster_internals import forget_input_version
-from mochi_pipeline.incremental import DATA_VERSION_TAG, checked, reuse
+from mochi_pipeline.incremental import DATA_VERSION_TAG, checked, earlier, reuse
 from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository, redact
 from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
 from mochi_pipeline.ingestion.source_loader import load_source_files
+from mochi_pipeline.io_manager import ArtifactError
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.records import Commit
@@ -75,6 +76,18 @@ def pinned_commit(context: dg.AssetExecutionContext, repo: RepoSettings, paths: 
     forget_input_version(context, REPOSITORY)  # Dagster read it before this run recorded it
     # The first observation since the run began: parallel steps that both observed agree on it.
     return _observation_version(instance.fetch_observations(after, limit=1, ascending=True).records)
+
+
+def _earlier_history(context: dg.AssetExecutionContext, root) -> tuple[list[Commit], str]:
+    """The history this asset stored last and the commit it was read from (when its settings are unchanged)."""
+    last = earlier(context, root)
+    head = last.materialization.metadata.get("commit") if last is not None else None
+    if head is None:
+        return [], ""
+    try:
+        return last.value(), head.value
+    except ArtifactError:
+        return [], ""
 
 
 def read_at(repo: RepoSettings, paths: ProjectPaths, sha: str) -> Repository:
@@ -159,12 +172,19 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
         if (events := reuse(context, root, inputs={REPOSITORY: sha})) is not None:
             yield from events
             return
+        repository = read_at(repo, paths, sha)
+        earlier, earlier_head = _earlier_history(context, root)
         try:
-            commits: list[Commit] = list(read_at(repo, paths, sha).iter_commits(
-                sha, repo.max_commits, max_diff_bytes=repo.max_diff_bytes))
+            if earlier_head and repository.is_ancestor(earlier_head, sha):
+                # Only what is new since the history read last time; the rest is that history.
+                new = list(repository.iter_commits(sha, repo.max_commits, repo.max_diff_bytes, since=earlier_head))
+                commits: list[Commit] = (new + earlier)[:repo.max_commits]
+                context.log.info(f"Read {len(new)} new commits from {sha[:12]} (since {earlier_head[:12]})")
+            else:
+                commits = list(repository.iter_commits(sha, repo.max_commits, max_diff_bytes=repo.max_diff_bytes))
+                context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
         except GitError as err:
             raise dg.Failure(description=str(err)) from None
-        context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
         preview = md_table(
             ["sha", "date", "author", "subject", "files", "+", "-"],
             [(c.sha[:10], c.date[:10], c.author_name, c.message.splitlines()[0] if c.message else "", len(c.files),

@@ -236,8 +236,17 @@ class Repository:
 
     # --- history ---------------------------------------------------------------------------
 
-    def iter_commits(self, rev: str, max_count: int, max_diff_bytes: int = 200_000) -> Iterator[Commit]:
-        """Commits reachable from ``rev``, newest first, with per-file status, line counts and diffs.
+    def is_ancestor(self, ancestor: str, rev: str) -> bool:
+        try:
+            self.git("merge-base", "--is-ancestor", ancestor, rev)
+        except _CommandFailed:
+            return False
+        return True
+
+    def iter_commits(self, rev: str, max_count: int, max_diff_bytes: int = 200_000,
+                     since: str | None = None) -> Iterator[Commit]:
+        """Commits reachable from ``rev`` (and not from ``since``), newest first, with per-file status,
+        line counts and diffs.
 
         Merges keep all parents and carry their diff against the first parent. A file diff longer
         than ``max_diff_bytes`` keeps its line counts but an empty ``diff``.
@@ -245,9 +254,10 @@ class Repository:
         if max_count <= 0:
             return
         fmt = f"--format={_MARK}%H%x00%P%x00%an%x00%ae%x00%cI%x00%B%x00"
+        exclude = [f"^{self.resolve_rev(since)}"] if since else []
         args = [
             "log", *_LOG_OPTS, *_DIFF_OPTS, "-z", "-M", "--raw", "--numstat", "-p",
-            "--diff-merges=first-parent", f"--max-count={max_count}", fmt, self.resolve_rev(rev),
+            "--diff-merges=first-parent", f"--max-count={max_count}", fmt, self.resolve_rev(rev), *exclude,
         ]
         with _stream(args, self.path) as chunks:
             for chunk in chunks:

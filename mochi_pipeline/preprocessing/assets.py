@@ -17,8 +17,9 @@ from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
-from mochi_pipeline.preprocessing.deduplicator import deduplicate, normalized_hash
+from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
+from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import Chunk, DocSection, SourceFile
 
@@ -125,7 +126,9 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
                 skipped[f"excluded_language:{f.language}"] += 1
             else:
                 code.append(f)
-        chunks, stats = chunk_files(code, chunking, root / "cache" / "chunks", workers=config.workers)
+        # The workers also sign each new chunk for deduplicated_chunks (a cache: not part of this output).
+        chunks, stats = chunk_files(code, chunking, root / "cache" / "chunks", workers=config.workers, dedup=dedup)
+        signature_store(root / "cache", dedup).add(stats.signatures)
         context.log.info(f"{len(chunks)} chunks from {len(code)} files ({stats.cache_hits} cached, "
                          f"modes {stats.modes})")
         output = dg.Output(chunks, data_version=dg.DataVersion(records_hash(chunks)), metadata={
@@ -165,7 +168,9 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
         if (events := reuse(context, root)) is not None:
             yield from events
             return
-        result = deduplicate(code_chunks, dedup, workers=config.workers)
+        store = signature_store(root / "cache", dedup)
+        result = deduplicate(code_chunks, dedup, known=store.load(), workers=config.workers)
+        store.save(result.signatures)  # only what the current chunks need: the store does not grow forever
         context.log.info(f"Kept {len(result.kept)} of {result.total} chunks; dropped {result.dropped}")
         by_id = {c.id: c for c in code_chunks}
         largest = sorted(result.clusters, key=lambda ids: (-len(ids), ids[0]))[:PREVIEW_ROWS]
@@ -185,7 +190,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
             "largest_clusters": dg.MetadataValue.md(clusters_md),
             "preview": dg.MetadataValue.md(_chunk_preview(result.kept)),
         })
-        seen: Counter[str] = Counter(normalized_hash(c.text) for c in result.kept)
+        seen: Counter[str] = Counter(text_key(c.text) for c in result.kept)
         repeats = sum(n - 1 for n in seen.values() if n > 1)
         yield from checked(output, [dg.AssetCheckResult(
             check_name="no_exact_duplicates_left", passed=repeats == 0, metadata={"exact_duplicates": repeats})])

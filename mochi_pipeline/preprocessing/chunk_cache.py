@@ -9,10 +9,11 @@ rewritten: the cache is always safe to delete.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
+
+import orjson
 
 from mochi_pipeline.preprocessing.settings import ChunkingSettings
 from mochi_pipeline.storage import content_hash
@@ -33,18 +34,22 @@ class ChunkCache:
 
     def get(self, key: str) -> dict | None:
         try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
+            return orjson.loads(self._path(key).read_bytes())
         except (OSError, ValueError):
             return None
 
     def put(self, key: str, value: dict) -> None:
+        try:
+            data = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # not representable (lone surrogates): simply not cached
+            return
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: an entry lost in a crash is recomputed, and the rename keeps entries whole.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(value, fh, ensure_ascii=False)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -46,8 +46,8 @@ from mochi_pipeline.preprocessing.grammars import (
     parser_for,
     unwrap,
 )
-from mochi_pipeline.preprocessing.parallel import process_pool
-from mochi_pipeline.preprocessing.settings import ChunkingSettings, ChunkStrategy
+from mochi_pipeline.preprocessing.parallel import shared_pool
+from mochi_pipeline.preprocessing.settings import ChunkingSettings, ChunkStrategy, DedupSettings
 from mochi_pipeline.preprocessing.token_counter import count_tokens, line_token_counts, token_spans
 from mochi_pipeline.records import Chunk, SourceFile
 from mochi_pipeline.storage import content_hash
@@ -435,12 +435,17 @@ class ChunkingStats:
     cache_hits: int = 0
     modes: dict[str, int] = field(default_factory=dict)  # ast, window, fallback_* -> files
     dropped_punctuation: int = 0
+    # MinHash signatures with word counts (text key -> signed text) of the chunks cut in this call, when asked for.
+    signatures: dict = field(default_factory=dict)
 
 
-def _chunk_batch(tasks: list[tuple[str, str, str]], settings: ChunkingSettings, cache_root: str | None) -> list[dict]:
-    """Worker: chunk (key, text, language) tasks and store each result in the cache."""
+def _chunk_batch(tasks: list[tuple[str, str, str]], settings: ChunkingSettings, cache_root: str | None,
+                 dedup: DedupSettings | None = None) -> tuple[list[dict], dict]:
+    """Worker: chunk (key, text, language) tasks, store each result in the cache, and sign the chunks."""
+    from mochi_pipeline.preprocessing.deduplicator import chunk_signed, text_key
+
     cache = ChunkCache(cache_root) if cache_root else None
-    results = []
+    results, sigs = [], {}
     for key, text, language in tasks:
         chunked = chunk_source(text, language, settings)
         # Not dataclasses.asdict: its deep copy of the pieces cost a quarter of the chunking time.
@@ -448,7 +453,10 @@ def _chunk_batch(tasks: list[tuple[str, str, str]], settings: ChunkingSettings, 
         if cache is not None:
             cache.put(key, result)
         results.append(result)
-    return results
+    if dedup is not None:
+        texts = [piece["text"] for result in results for piece in result["pieces"]]
+        sigs = {text_key(t): entry for t, entry in zip(texts, chunk_signed(texts, dedup), strict=True)}
+    return results, sigs
 
 
 def _batches(tasks: list[tuple[str, str, str]], workers: int) -> list[list[tuple[str, str, str]]]:
@@ -472,10 +480,12 @@ def _is_file_chunks(value: object) -> bool:
 
 
 def chunk_files(files: list[SourceFile], settings: ChunkingSettings, cache_dir: str | Path | None = None,
-                workers: int = 2, parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> tuple[list[Chunk], ChunkingStats]:
+                workers: int = 2, parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+                dedup: DedupSettings | None = None) -> tuple[list[Chunk], ChunkingStats]:
     """Chunk many files: cached results for unchanged blobs, the rest in ``workers`` processes.
 
-    Output order follows ``files`` (then line order), whatever the number of workers.
+    Output order follows ``files`` (then line order), whatever the number of workers. With ``dedup``
+    the workers also compute the MinHash signatures of the chunks they cut (``stats.signatures``).
     """
     cache = ChunkCache(cache_dir) if cache_dir is not None else None
     keys = [cache_key(f.sha, f.text, f.language, settings, CHUNKER_VERSION) for f in files]
@@ -493,12 +503,13 @@ def chunk_files(files: list[SourceFile], settings: ChunkingSettings, cache_dir: 
             todo[key] = (key, f.text, f.language)
     batches = _batches(list(todo.values()), workers)
     root = str(cache.root) if cache is not None else None
-    if workers > 1 and len(batches) > 1 and sum(len(t[1]) for t in todo.values()) >= parallel_min_bytes:
-        with process_pool(workers) as pool:
-            outputs = list(pool.map(_chunk_batch, batches, [settings] * len(batches), [root] * len(batches)))
+    n = len(batches)
+    if workers > 1 and n > 1 and sum(len(t[1]) for t in todo.values()) >= parallel_min_bytes:
+        outputs = list(shared_pool(workers).map(_chunk_batch, batches, [settings] * n, [root] * n, [dedup] * n))
     else:
-        outputs = [_chunk_batch(batch, settings, root) for batch in batches]
-    for batch, output in zip(batches, outputs, strict=True):
+        outputs = [_chunk_batch(batch, settings, root, dedup) for batch in batches]
+    for batch, (output, sigs) in zip(batches, outputs, strict=True):
+        stats.signatures.update(sigs)
         for (key, _, _), result in zip(batch, output, strict=True):
             results[key] = result
     chunks: list[Chunk] = []

@@ -1,10 +1,12 @@
 """Remove exact and near-duplicate chunks, keeping one deterministic representative per cluster.
 
 Exact duplicates share the hash of their whitespace-normalised text. Near duplicates are found
-with datasketch MinHash signatures (``update_batch``) over word n-gram shingles and LSH banding
-with the bands and rows datasketch's MinHashLSH would choose (``DedupSettings``: n, permutations, Jaccard threshold),
-computed on the whole signature matrix at once; LSH candidates are confirmed with the signatures'
-estimated Jaccard, then joined by union-find, so a cluster is closed under "near duplicate of a member".
+with MinHash signatures over word n-gram shingles (``minhash``: datasketch's affine32 MinHash,
+vectorised) and LSH banding with the bands and rows datasketch's MinHashLSH would choose
+(``DedupSettings``: n, permutations, Jaccard threshold); LSH candidates are confirmed with the
+signatures' estimated Jaccard, then joined by union-find, so a cluster is closed under "near
+duplicate of a member". Signatures already known (computed by the chunking workers, kept in a
+``SignatureStore``) are not computed again.
 
 The representative of a cluster is the chunk from the oldest file (last-commit date; the
 original, usually), then the shortest path, then the path, then the earliest line: the same input
@@ -14,126 +16,49 @@ with n = its word count; a chunk with no words at all can only be an exact dupli
 
 from __future__ import annotations
 
-import hashlib
-import re
-import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
-from datasketch import MinHash
 
-from mochi_pipeline.preprocessing.parallel import process_pool
+from mochi_pipeline.preprocessing import minhash
+from mochi_pipeline.preprocessing.minhash import text_key
+from mochi_pipeline.preprocessing.parallel import shared_pool
 from mochi_pipeline.preprocessing.settings import DedupSettings
 from mochi_pipeline.records import Chunk
 
-WORD_RE = re.compile(r"\w+")
-# affine32 pre-mixes every input hash with a murmur finalizer, so the fast crc32 is a sound input
-# hash here (sha1, datasketch's default, costs 5x more and changes nothing for dedup).
-SCHEME = "affine32"
 PARALLEL_MIN_BYTES = 1_000_000
 # Texts go to workers in batches, about 4 per worker, 64 to 2000 texts each.
 BATCH_TEXTS = 2000
 MIN_BATCH_TEXTS = 64
 
-# An LSH bucket larger than this is checked against its first member only (keeps it linear).
-MAX_FULL_BUCKET = 64
-
 DROP_EXACT = "exact"
 DROP_NEAR = "near"
 
 
-def normalized_hash(text: str) -> str:
-    """Hash of the text with every whitespace run collapsed (the exact-duplicate key)."""
-    return hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=16).hexdigest()
+Signed = tuple[np.ndarray | None, int]  # a text's MinHash signature (None without words) and word count
 
 
-def shingles(text: str, n: int) -> list[bytes]:
-    """Word n-grams of ``text``; a text shorter than n words gives one shingle of all its words."""
-    words = WORD_RE.findall(text)
-    k = min(n, len(words))
-    if k == 0:
-        return []
-    return [" ".join(words[i:i + k]).encode("utf-8") for i in range(len(words) - k + 1)]
+def chunk_signed(texts: list[str], settings: DedupSettings) -> list[Signed]:
+    """The MinHash signatures deduplication compares texts by, with their word counts."""
+    return minhash.signed(texts, settings.ngram, settings.num_perm, settings.seed)
 
 
-def _template(settings: DedupSettings) -> MinHash:
-    return MinHash(num_perm=settings.num_perm, seed=settings.seed, hashfunc=zlib.crc32, scheme=SCHEME)
+def signature_store(root, settings: DedupSettings) -> minhash.SignatureStore:
+    return minhash.SignatureStore(root, "chunks", settings.ngram, settings.num_perm, settings.seed)
 
 
-def _signature_batch(texts: list[str], settings: DedupSettings) -> list[np.ndarray | None]:
-    # One MinHash, cleared per text: building one per text (its permutations) costs as much as hashing.
-    minhash = _template(settings)
-    out: list[np.ndarray | None] = []
-    for text in texts:
-        items = shingles(text, settings.ngram)
-        if not items:
-            out.append(None)
-            continue
-        minhash.clear()
-        minhash.update_batch(items)
-        out.append(minhash.hashvalues.copy())
-    return out
-
-
-def signatures(texts: list[str], settings: DedupSettings, workers: int = 2,
-               parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> list[np.ndarray | None]:
-    """MinHash signatures (None for a text without words), in ``workers`` processes for large inputs."""
+def signed_texts(texts: list[str], settings: DedupSettings, workers: int = 2,
+                 parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> list[Signed]:
+    """``chunk_signed`` for many texts, in ``workers`` processes for large inputs."""
     size = max(MIN_BATCH_TEXTS, min(BATCH_TEXTS, -(-len(texts) // (4 * workers))))
     batches = [texts[i:i + size] for i in range(0, len(texts), size)]
     if workers > 1 and len(batches) > 1 and sum(map(len, texts)) >= parallel_min_bytes:
-        with process_pool(workers) as pool:
-            parts = list(pool.map(_signature_batch, batches, [settings] * len(batches)))
+        parts = list(shared_pool(workers).map(chunk_signed, batches, [settings] * len(batches)))
     else:
-        parts = [_signature_batch(b, settings) for b in batches]
+        parts = [chunk_signed(b, settings) for b in batches]
     return [sig for part in parts for sig in part]
-
-
-@cache
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimising false positives + false negatives at ``threshold``.
-
-    The same choice datasketch's MinHashLSH makes (equal weights), integrated on a grid with numpy
-    for all (b, r) at once instead of with scipy quadrature one pair at a time (~0.4 s per run).
-    """
-    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float)
-    s = np.linspace(0.0, 1.0, 1001)
-    below, above = s <= threshold, s >= threshold
-    p = 1.0 - (1.0 - s[None, :] ** pairs[:, 1:2]) ** pairs[:, 0:1]  # P(candidate) at similarity s
-    error = 0.5 * np.trapezoid(p[:, below], s[below], axis=1) + 0.5 * np.trapezoid(1.0 - p[:, above], s[above], axis=1)
-    b, r = pairs[int(np.argmin(error))]
-    return int(b), int(r)
-
-
-def candidate_pairs(sigs: list[np.ndarray | None], settings: DedupSettings) -> set[tuple[int, int]]:
-    """Index pairs (i < j) whose signatures agree on a whole LSH band.
-
-    The banding is datasketch MinHashLSH's (same bands and rows), done on the signature matrix with
-    numpy: inserting and querying chunks one by one costs more than parsing them.
-    """
-    rows = [i for i, sig in enumerate(sigs) if sig is not None]
-    if len(rows) < 2:
-        return set()
-    matrix = np.stack([sigs[i] for i in rows])
-    bands, r = lsh_bands(settings.threshold, settings.num_perm)
-    pairs: set[tuple[int, int]] = set()
-    for band in range(bands):
-        block = np.ascontiguousarray(matrix[:, band * r:(band + 1) * r])
-        keys = block.view(np.dtype((np.void, block.dtype.itemsize * r))).ravel()
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        shared = np.flatnonzero(counts[inverse] > 1)
-        if shared.size == 0:
-            continue
-        order = shared[np.argsort(inverse[shared], kind="stable")]
-        groups = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
-        for group in groups:
-            members = [rows[i] for i in group]
-            if len(members) > MAX_FULL_BUCKET:  # boilerplate: pair each with the first, not all with all
-                pairs.update((members[0], b) for b in members[1:])
-            else:
-                pairs.update((a, b) for n, a in enumerate(members) for b in members[n + 1:])
-    return pairs
 
 
 def representative_key(chunk: Chunk) -> tuple:
@@ -163,6 +88,7 @@ class DedupResult:
     dropped: dict[str, int]  # reason -> count
     clusters: list[list[str]] = field(default_factory=list)  # chunk ids, representative first (size >= 2)
     representative_of: dict[str, str] = field(default_factory=dict)  # dropped id -> kept id
+    signatures: dict[str, Signed] = field(default_factory=dict)  # text key -> signed text, of the compared texts
 
     @property
     def total(self) -> int:
@@ -176,20 +102,30 @@ class DedupResult:
         return dict(sorted(Counter(len(c) for c in self.clusters).items()))
 
 
-def deduplicate(chunks: list[Chunk], settings: DedupSettings, workers: int = 2) -> DedupResult:
-    """Keep one chunk per exact/near-duplicate cluster; kept chunks stay in input order."""
+def deduplicate(chunks: list[Chunk], settings: DedupSettings, known: Mapping[str, Signed] | None = None,
+                workers: int = 2) -> DedupResult:
+    """Keep one chunk per exact/near-duplicate cluster; kept chunks stay in input order.
+
+    ``known`` holds signatures by text key already computed; the others are computed here.
+    """
     groups: dict[str, list[int]] = {}
     for i, chunk in enumerate(chunks):
-        groups.setdefault(normalized_hash(chunk.text), []).append(i)
+        groups.setdefault(text_key(chunk.text), []).append(i)
     # One candidate per exact group (its representative) goes on to near-duplicate search.
-    heads = [min(members, key=lambda i: representative_key(chunks[i])) for members in groups.values()]
+    keys = list(groups)
+    heads = [min(groups[k], key=lambda i: representative_key(chunks[i])) for k in keys]
     members_of = dict(zip(heads, groups.values(), strict=True))
 
-    sigs = signatures([chunks[i].text for i in heads], settings, workers)
+    known = known or {}
+    missing = [n for n, k in enumerate(keys) if k not in known]
+    computed = dict(zip(missing, signed_texts([chunks[heads[n]].text for n in missing], settings, workers),
+                        strict=True))
+    entries = [computed[n] if n in computed else known[k] for n, k in enumerate(keys)]
+    sigs = [sig for sig, _ in entries]
+    with_words = [n for n, sig in enumerate(sigs) if sig is not None]
     uf = _UnionFind(len(heads))
-    for k, other in candidate_pairs(sigs, settings):
-        if float(np.mean(sigs[k] == sigs[other])) >= settings.threshold:
-            uf.union(k, other)
+    for a, b in minhash.near_pairs([sigs[n] for n in with_words], settings.threshold):
+        uf.union(with_words[a], with_words[b])
 
     near: dict[int, list[int]] = {}
     for k in range(len(heads)):
@@ -213,4 +149,4 @@ def deduplicate(chunks: list[Chunk], settings: DedupSettings, workers: int = 2) 
             clusters.append([chunks[i].id for i in cluster])
     clusters.sort(key=lambda ids: ids[0])
     kept = [c for i, c in enumerate(chunks) if i not in drop]
-    return DedupResult(kept, dropped, clusters, representative_of)
+    return DedupResult(kept, dropped, clusters, representative_of, dict(zip(keys, entries, strict=True)))

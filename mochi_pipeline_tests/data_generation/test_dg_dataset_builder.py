@@ -58,7 +58,7 @@ def test_decontamination_drops_exact_and_near_duplicates():
     settings = DatasetSettings()
     base = ex(1)
     near = base.response.rsplit(" ", 1)[0] + " changed"  # the last of 40 tokens differs
-    train = [to_row(e, "s") for e in (ex(1, path="copy.py"), ex(2, response=near), ex(3), ex(4))]
+    train = [to_row(e, "s") for e in (ex(1, path="copy.py"), ex(1, path="near.py", response=near), ex(3), ex(4))]
     train[0]["id"] = "exact-copy"
     eval_rows = [to_row(base, "s")]
     kept, dropped = decontaminate(train, eval_rows, settings)

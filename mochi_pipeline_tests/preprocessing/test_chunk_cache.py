@@ -8,7 +8,7 @@ import numpy as np
 
 from mochi_pipeline.preprocessing.chunk_cache import ChunkCache
 from mochi_pipeline.preprocessing.code_chunker import chunk_files
-from mochi_pipeline.preprocessing.deduplicator import signatures
+from mochi_pipeline.preprocessing.deduplicator import signed_texts
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import SourceFile
 from mochi_pipeline_tests import repo_factory as rf
@@ -66,7 +66,7 @@ def test_two_workers_give_the_serial_result(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 8
 
     texts = [c.text for c in serial]
-    one = signatures(texts, DedupSettings(), workers=1)
-    two = signatures(texts, DedupSettings(), workers=2, parallel_min_bytes=0)
+    one = [sig for sig, _ in signed_texts(texts, DedupSettings(), workers=1)]
+    two = [sig for sig, _ in signed_texts(texts, DedupSettings(), workers=2, parallel_min_bytes=0)]
     assert len(one) == len(two) == len(texts)
     assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))

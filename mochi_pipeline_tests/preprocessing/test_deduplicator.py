@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
-from datasketch import MinHashLSH
+import numpy as np
+from datasketch import MinHash, MinHashLSH
 
 from mochi_pipeline.ingestion.git_connector import open_repository
 from mochi_pipeline.ingestion.settings import SourceSettings
 from mochi_pipeline.ingestion.source_loader import load_source_files
 from mochi_pipeline.preprocessing.code_chunker import chunk_files
-from mochi_pipeline.preprocessing.deduplicator import deduplicate, lsh_bands, shingles, signatures
+from mochi_pipeline.preprocessing.deduplicator import deduplicate, signed_texts
+from mochi_pipeline.preprocessing.minhash import WORDS, lsh_bands, permutations, shingle_hashes
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import Chunk
 
@@ -54,14 +56,14 @@ def test_representative_does_not_depend_on_input_order():
 
 
 def test_short_and_wordless_chunks_never_crash():
-    assert shingles("a b", 5) == [b"a b"]
-    assert shingles("} ;", 5) == []
+    assert shingle_hashes(["a", "b"], 5).size == 1  # a text shorter than n is one shingle of all its words
+    assert shingle_hashes([], 5).size == 0
     chunks = [_chunk("x", "a.py"), _chunk("x", "b.py"), _chunk("};", "c.py"), _chunk("};", "d.py", 4),
               _chunk("y = 1", "e.py")]
     result = deduplicate(chunks, DedupSettings())
     assert [c.path for c in result.kept] == ["a.py", "c.py", "e.py"]
     assert result.dropped == {"exact": 2, "near": 0}
-    assert signatures(["};"], DedupSettings()) == [None]
+    assert signed_texts(["};"], DedupSettings()) == [(None, 0)]
 
 
 def test_unrelated_chunks_are_all_kept():
@@ -100,3 +102,12 @@ def test_lsh_bands_are_the_ones_datasketch_chooses():
     for threshold, num_perm in [(0.7, 256), (0.9, 128), (0.5, 64)]:
         lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         assert lsh_bands(threshold, num_perm) == (lsh.b, lsh.r)
+
+
+def test_signatures_are_datasketch_minhash_over_the_same_shingles():
+    settings = DedupSettings()
+    ((ours, _),) = signed_texts([BODY], settings, workers=1)
+    theirs = MinHash(num_perm=settings.num_perm, seed=settings.seed, hashfunc=int, scheme="affine32")
+    theirs.update_batch(shingle_hashes(WORDS.findall(BODY), settings.ngram).tolist())
+    assert np.array_equal(ours, theirs.hashvalues.astype(np.uint32))
+    assert np.array_equal(permutations(settings.num_perm, settings.seed)[0], theirs.permutations[0])

@@ -6,7 +6,7 @@ import dagster as dg
 
 from mochi_pipeline.incremental import FORCE_TAG
 from mochi_pipeline.io_manager import read_asset_file
-from mochi_pipeline.preprocessing.deduplicator import normalized_hash
+from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.records import Chunk, DocSection
 from mochi_pipeline_tests.materialize import materialize, project_config
 
@@ -50,7 +50,7 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     assert dedup["dropped_by_reason"]["exact"] >= 1 and dedup["dropped_by_reason"]["near"] >= 1
     assert dedup["kept"] == len(kept) == len(chunks) - sum(dedup["dropped_by_reason"].values())
     assert dedup["cluster_size_histogram"]["2"] >= 2
-    assert len({normalized_hash(c.text) for c in kept}) == len(kept)
+    assert len({text_key(c.text) for c in kept}) == len(kept)
     symbols = {(c.path, c.symbol) for c in kept}
     assert ("pkg/dup.py", "clamp") in symbols and ("pkg/util.py", "clamp") not in symbols
 
