@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingestion.py
 	$(BIN)/python benchmarks/data_prep.py .
 	$(BIN)/python benchmarks/incremental.py .
+	$(BIN)/python benchmarks/secrets.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/serving.py
 

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import yaml
 
-DATA_ASSETS = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks",
-               "completion_pairs", "doc_code_pairs", "commit_pairs", "qa_pairs", "training_dataset"]
 CODE_SUFFIXES = (".py", ".go", ".js", ".ts", ".java", ".rs", ".c", ".cpp")
 NEW_FUNCTION = '''
 
@@ -50,13 +48,24 @@ def _pick_file(repo: Path) -> str:
     return files[len(files) // 2]
 
 
+def _data_assets(config: Path) -> list[str]:
+    """The assets of the data layers (ingestion -> training_dataset), from the code location itself."""
+    from mochi_pipeline.automation import DATA_GROUPS
+    from mochi_pipeline.config import load_config
+    from mochi_pipeline.definitions import build_defs
+
+    graph = build_defs(load_config(config)).resolve_asset_graph()
+    return [k.to_user_string() for k in graph.toposorted_asset_keys
+            if graph.get(k).is_materializable and graph.get(k).group_name in DATA_GROUPS]
+
+
 def _run(config: Path) -> tuple[float, str]:
     from mochi_pipeline.cli import main
 
     out = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["--config", str(config), "run", "--select", *DATA_ASSETS])
+        code = main(["--config", str(config), "run", "--select", *_data_assets(config)])
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"mochi run failed ({code}):\n{out.getvalue()[-3000:]}")
@@ -71,11 +80,12 @@ def _step_report(config: Path) -> str:
 
     cfg = load_config(config)
     with dg.DagsterInstance.from_config(str(cfg.artifacts_path / "dagster_home")) as instance:
-        run_id = instance.get_latest_materialization_event(dg.AssetKey(DATA_ASSETS[-1])).run_id
+        names = _data_assets(config)
+        run_id = instance.get_latest_materialization_event(dg.AssetKey(names[-1])).run_id
         seconds = {e.step_key: e.dagster_event.event_specific_data.duration_ms / 1000
                    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
         rows = []
-        for name in DATA_ASSETS:
+        for name in names:
             entry = instance.get_latest_materialization_event(dg.AssetKey(name))
             how = "reused" if "reused_from_run" in entry.asset_materialization.metadata else "recomputed"
             rows.append(f"  {name:20} {seconds.get(name, float('nan')):6.2f} s  {how}")

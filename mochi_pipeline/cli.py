@@ -134,12 +134,35 @@ def _failure_reasons(result) -> list[str]:
     return reasons
 
 
+PID_TAG = "mochi/pid"
+
+
+def _fail_orphaned_runs(instance) -> None:
+    """Runs of a `mochi` process that was killed stay STARTED forever: mark them failed, saying why."""
+    import dagster as dg
+
+    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if not pid:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            instance.report_run_failed(run, message=f"The mochi process running it (pid {pid}) ended without "
+                                                    "finishing it (killed?). Finished steps are kept; `mochi run` "
+                                                    "resumes from them.")
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[str] = ()) -> None:
     for note in notes:
         print(note)
+    _fail_orphaned_runs(instance)
     if not keys:
         print("Nothing else to run." if notes else "Nothing to do: every asset is up to date.")
         return
+    tags = {**tags, PID_TAG: str(os.getpid())}
     job = defs.resolve_implicit_global_asset_job_def()
     print(f"Materializing {len(keys)} asset(s): {', '.join(k.to_user_string() for k in keys)}", flush=True)
     result = job.execute_in_process(

@@ -18,7 +18,7 @@ from mochi_pipeline.data_generation.settings import GenerationSettings
 from mochi_pipeline.deployment.settings import ExportSettings
 from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
 from mochi_pipeline.paths import ProjectPaths
-from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
+from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings, FilterSettings, ScrubSettings
 from mochi_pipeline.settings_base import Section
 from mochi_pipeline.training.settings import TrainingSettings
 
@@ -77,6 +77,8 @@ class MochiConfig(Section):
         "", description="Where every artifact is written; '' = <repository>/.mochi (git-ignored)."
     )
     sources: SourceSettings = Field(default_factory=SourceSettings)
+    filters: FilterSettings = Field(default_factory=FilterSettings)
+    scrub: ScrubSettings = Field(default_factory=ScrubSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)

@@ -23,8 +23,8 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
     paths = cfg.paths
     layers = [
         ingestion.build_defs(cfg.repo, cfg.sources, paths),
-        preprocessing.build_defs(cfg.chunking, cfg.dedup, paths),
-        data_generation.build_defs(cfg.generation, paths),
+        preprocessing.build_defs(cfg.chunking, cfg.dedup, cfg.filters, cfg.scrub, paths),
+        data_generation.build_defs(cfg.generation, cfg.scrub, paths),
         training.build_defs(cfg.training, paths),
         deployment.build_defs(cfg.export, paths),
     ]

@@ -10,6 +10,11 @@ import dagster as dg
 from mochi_pipeline.config import MochiConfig, parse_config
 from mochi_pipeline.definitions import build_defs
 
+# Every asset of the data layers (ingestion -> training_dataset), in the order they run.
+DATA_ASSETS = ["source_files", "commit_history", "clean_files", "clean_commits", "doc_sections", "code_chunks",
+               "deduplicated_chunks", "completion_pairs", "doc_code_pairs", "commit_pairs", "qa_pairs",
+               "training_dataset"]
+
 
 def project_config(tmp_path: Path, **sections) -> MochiConfig:
     """A config with artifacts under ``tmp_path / 'artifacts'`` (sections as in mochi.yaml)."""

@@ -15,12 +15,11 @@ import pytest
 
 from mochi_pipeline.definitions import build_defs
 from mochi_pipeline.incremental import DATA_VERSION_TAG
+from mochi_pipeline_tests.materialize import DATA_ASSETS as DATA
 from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, git
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
-DATA = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks", "completion_pairs",
-        "doc_code_pairs", "commit_pairs", "qa_pairs", "training_dataset"]
 AFTER_TRAINING = {"evaluation_report", "merged_model", "gguf_model", "gguf_lora_adapter", "ollama_modelfile"}
 HELPER = '''def scale(values, factor):
     """Multiply every value by ``factor``."""

@@ -40,7 +40,7 @@ def test_init_run_status_follow_commits_and_config_edits(repo):
     assert "already exists" in mochi(repo, "init", check=False).stderr
 
     run = mochi(repo, "run", "--select", "+deduplicated_chunks")
-    assert "Materializing 3 asset(s)" in run.stdout
+    assert "Materializing 4 asset(s)" in run.stdout
     status = status_of(repo)
     assert status["source_files"] == status["code_chunks"] == status["deduplicated_chunks"] == "FRESH"
     assert status["training_dataset"] == "MISSING"

@@ -92,3 +92,9 @@ def test_config_env_var_is_read_when_loading_not_at_import(tmp_path, monkeypatch
     monkeypatch.setenv("MOCHI_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="MOCHI_CONFIG"):
         load_config()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "x" * 65, "-flag"])
+def test_names_that_become_file_names_are_checked(tmp_path, name):
+    with pytest.raises(ConfigError, match="export.model_name.*becomes a file name"):
+        parse_config({"export": {"model_name": name}}, tmp_path)

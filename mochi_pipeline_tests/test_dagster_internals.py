@@ -12,7 +12,8 @@ from mochi_pipeline.ingestion.assets import observe_commit, record_commit
 from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit
 
-INGESTION_AND_PREPROCESSING = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks"]
+INGESTION_AND_PREPROCESSING = ["source_files", "commit_history", "clean_files", "doc_sections", "code_chunks",
+                               "deduplicated_chunks"]
 
 
 def test_stale_status_is_one_level_deep_and_mochi_adds_the_rest(sample_repo, tmp_path):

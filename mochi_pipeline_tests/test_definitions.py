@@ -87,3 +87,34 @@ def test_layers_only_import_earlier_layers_and_never_the_whole_config():
                 f"{path} reaches back up to the whole config or the code location")
             if path.name == "assets.py":
                 assert not re.search(r"mochi_pipeline\.\w+\.assets\b", text), f"{path} imports another layer's assets"
+
+
+def test_the_tests_data_asset_list_is_every_data_layer_asset(graph):
+    from mochi_pipeline.automation import DATA_GROUPS
+    from mochi_pipeline_tests.materialize import DATA_ASSETS
+
+    in_graph = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).group_name in DATA_GROUPS}
+    assert set(DATA_ASSETS) == in_graph
+
+
+def test_assets_that_talk_to_a_network_retry_and_local_ones_do_not(sample_repo, tmp_path):
+    remote = build_defs(parse_config({"repo": {"source": "https://example.invalid/x.git"},
+                                      "generation": {"qa": {"base_url": "http://127.0.0.1:9/v1"}},
+                                      "training": {"base_model": "Qwen/Qwen2.5-Coder-0.5B"}}, tmp_path))
+    local = build_defs(parse_config({"repo": {"source": str(sample_repo)}}, tmp_path))
+
+    def retried(defs) -> set[str]:
+        return {k.to_user_string() for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.op.retry_policy
+                for k in a.keys}
+
+    assert retried(remote) == {"source_files", "commit_history", "qa_pairs", "base_model"}
+    assert retried(local) == set()
+
+
+def test_the_instance_config_loads_with_run_retries(tmp_path):
+    import shutil
+
+    shutil.copyfile(PACKAGE.parent / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:  # Dagster validates the file here
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+        assert not instance.run_retries_retry_on_asset_or_op_failure

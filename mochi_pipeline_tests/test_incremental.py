@@ -13,10 +13,9 @@ import pytest
 from mochi_pipeline.dagster_internals import FRESH, STALE, asset_statuses
 from mochi_pipeline.definitions import build_defs
 from mochi_pipeline.incremental import FORCE_TAG, REUSED_KEY, own_version
+from mochi_pipeline_tests.materialize import DATA_ASSETS as DATA
 from mochi_pipeline_tests.materialize import materialize, project_config
 
-DATA = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks", "completion_pairs",
-        "doc_code_pairs", "commit_pairs", "qa_pairs", "training_dataset"]
 BELOW_CHUNKING = {"code_chunks", "deduplicated_chunks", "completion_pairs", "doc_code_pairs", "qa_pairs",
                   "training_dataset"}
 

@@ -50,7 +50,7 @@ def test_webserver_shows_the_asset_graph(tmp_path, sample_repo):
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert {"git_repository", "source_files", "deduplicated_chunks", "training_dataset", "fine_tuned_adapter",
             "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile"} <= set(nodes)
-    assert [d["path"] for d in nodes["code_chunks"]["dependencyKeys"]] == [["source_files"]]
+    assert [d["path"] for d in nodes["code_chunks"]["dependencyKeys"]] == [["clean_files"]]
     assert nodes["gguf_model"]["groupName"] == "deployment"
     repo = data["repositoriesOrError"]["nodes"][0]
     assert {"data_refresh_job", "retrain_job"} <= {j["name"] for j in repo["jobs"]}

@@ -15,7 +15,7 @@ import orjson
 
 from mochi_pipeline.data_generation import commit_pairs as commit_logic
 from mochi_pipeline.data_generation import completion_pairs as completion_logic
-from mochi_pipeline.data_generation import dataset_builder
+from mochi_pipeline.data_generation import dataset_builder, leak_scan
 from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs as map_docs_to_code
 from mochi_pipeline.data_generation.llm_client import QALLM, OfflineQA, OpenAICompatibleQA, QAEndpointError
 from mochi_pipeline.data_generation.qa_generator import qa_pairs as ask_qa_pairs
@@ -24,10 +24,13 @@ from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown, records_hash
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.minhash import text_key
+from mochi_pipeline.preprocessing.settings import ScrubSettings
 from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
 from mochi_pipeline.storage import atomic_write_bytes
 
 GROUP = "data_generation"
+# An endpoint that is down now may be up in a minute; a refused key is not retried (Failure(allow_retries=False)).
+NETWORK_RETRIES = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 LOGIC_VERSION = "2"
 NO_CODE = (
     "no code chunks: deduplicated_chunks is empty, so the repository has no files in supported languages "
@@ -67,6 +70,8 @@ def _examples_output(
 
 
 CHECKS = {
+    "no_secrets_in_training_data": "Every text of the splits, the generators' outputs and the Q&A reply cache "
+    "passes the scrubber's detector (blocking: training never starts on a leak).",
     "schema_valid": "Every row of both splits has the dataset's columns; the HF copy loads with the same columns.",
     "no_empty_fields": "No row has an empty instruction or response.",
     "no_train_eval_overlap": "No eval item appears in train (same id, same text or same response).",
@@ -158,7 +163,34 @@ def qa_writer(settings: QASettings) -> QALLM:
     return OpenAICompatibleQA.from_settings(settings) if settings.base_url else OfflineQA()
 
 
-def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
+def _final_texts(rows: dict[str, list[dict]], sources: dict[str, list[TrainingExample]], qa_cache: Path):
+    """(where, text) for every text that can reach the model: split rows, generator outputs, Q&A replies."""
+    for split, items in rows.items():
+        for r in items:
+            for column in ("instruction", "context", "response", "text"):
+                yield f"{split} row {r['id']} ({column})", r[column]
+    for name, examples in sources.items():
+        for i, ex in enumerate(examples):
+            for column in ("instruction", "context", "response", "raw_text"):
+                yield f"{name} #{i} ({column})", getattr(ex, column)
+    for reply in sorted(qa_cache.glob("*.json")) if qa_cache.is_dir() else []:
+        yield f"qa cache {reply.name}", reply.read_text(encoding="utf-8", errors="replace")
+
+
+def _leak_check(report: leak_scan.LeakReport) -> dg.AssetCheckResult:
+    where = "; ".join(report.where)
+    return dg.AssetCheckResult(
+        check_name="no_secrets_in_training_data", passed=report.clean, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"texts_scanned": report.scanned, "hits_by_type": dg.MetadataValue.json(dict(report.by_type)),
+                  "where": where or "nowhere"},
+        description=None if report.clean else (
+            f"{sum(report.by_type.values())} possible secret(s) or personal data in the final training texts "
+            f"({where}). Training is blocked. Add the missing rule or value to the scrub section of mochi.yaml "
+            "(scrub.allow for a false positive) and run again."),
+    )
+
+
+def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPaths) -> dg.Definitions:
     root = paths.artifacts
 
     @dg.asset(group_name=GROUP, kinds={"python"},
@@ -195,26 +227,27 @@ def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
         )
 
     @dg.asset(group_name=GROUP, kinds={"python", "git"}, code_version=f"{LOGIC_VERSION}-{gen.signature('commits')}")
-    def commit_pairs(context: dg.AssetExecutionContext, commit_history: list[Commit]) -> Iterator:
+    def commit_pairs(context: dg.AssetExecutionContext, clean_commits: list[Commit]) -> Iterator:
         """Diff -> message and message + code before -> code after; merges, bots, trivial and huge diffs dropped."""
         if (events := reuse(context, root)) is not None:
             yield from events
             return
-        result = commit_logic.commit_pairs(commit_history, gen.commits)
+        result = commit_logic.commit_pairs(clean_commits, gen.commits)
         missing = ""
-        if not commit_history:
+        if not clean_commits:
             missing = "no commit history (a shallow clone, or repo.max_commits: 0)"
         elif not result.used_commits:
-            missing = f"none of the {len(commit_history)} commits was usable ({dict(result.dropped)})"
+            missing = f"none of the {len(clean_commits)} commits was usable ({dict(result.dropped)})"
         yield _examples_output(
-            context, "commit_pairs", result.examples, missing, n_commits=len(commit_history),
+            context, "commit_pairs", result.examples, missing, n_commits=len(clean_commits),
             used_commits=result.used_commits, dropped_commits=dg.MetadataValue.json(dict(result.dropped)),
         )
 
     # What changes the pairs written (not timeouts, retries or concurrency).
     qa_content = gen.qa.signature("base_url", "model", "temperature", "max_tokens", "max_subjects", "pairs_per_subject")
 
-    @dg.asset(group_name=GROUP, kinds={"python", "openai"}, code_version=f"{LOGIC_VERSION}-{qa_content}")
+    @dg.asset(group_name=GROUP, kinds={"python", "openai"}, code_version=f"{LOGIC_VERSION}-{qa_content}",
+              retry_policy=NETWORK_RETRIES if gen.qa.base_url else None)
     def qa_pairs(context: dg.AssetExecutionContext, qa_llm: QALLM, deduplicated_chunks: list[Chunk],
                  doc_sections: list[DocSection]) -> Iterator:
         """Question/answer pairs about code symbols, from an OpenAI-compatible endpoint or offline templates."""
@@ -227,7 +260,7 @@ def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
                 pairs_per_subject=gen.qa.pairs_per_subject, cache_dir=root / "cache" / "qa", log=context.log,
             )
         except QAEndpointError as err:
-            raise dg.Failure(description=str(err)) from None
+            raise dg.Failure(description=str(err), allow_retries=err.retryable) from None
         missing = "" if examples else (
             NO_CODE if not deduplicated_chunks else "no named definitions found in the code chunks")
         yield _examples_output(context, "qa_pairs", examples, missing, backend=type(qa_llm).__name__,
@@ -236,8 +269,10 @@ def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
     @dg.asset(
         group_name=GROUP,
         kinds={"huggingface", "json"},
-        code_version=f"{LOGIC_VERSION}-{gen.signature('seed', 'eval_time_share', 'eval_random_share', 'dataset')}",
-        check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text)
+        code_version=f"{LOGIC_VERSION}-{gen.signature('seed', 'eval_time_share', 'eval_random_share', 'dataset')}"
+                     f"-{scrub.signature()}",
+        check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text,
+                                       blocking=name == "no_secrets_in_training_data")
                      for name, text in CHECKS.items()],
     )
     def training_dataset(context: dg.AssetExecutionContext, completion_pairs: list[TrainingExample],
@@ -292,7 +327,8 @@ def build_defs(gen: GenerationSettings, paths: ProjectPaths) -> dg.Definitions:
             "token_lengths_png": dg.MetadataValue.path(str(plot_path)),
             "samples": dg.MetadataValue.md(_preview(samples)),
         })
-        yield from checked(output, list(_check_results(artifact, gen.dataset.max_generator_share)))
+        leaks = leak_scan.scan(_final_texts(split.rows, sources, root / "cache" / "qa"), scrub, root / "cache")
+        yield from checked(output, [*_check_results(artifact, gen.dataset.max_generator_share), _leak_check(leaks)])
 
     return dg.Definitions(
         assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, training_dataset],

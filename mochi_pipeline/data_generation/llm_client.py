@@ -35,7 +35,14 @@ SYSTEM_PROMPT = (
 
 
 class QAEndpointError(RuntimeError):
-    """The endpoint cannot be used at all (refused key, nothing reachable): worded for the person fixing it."""
+    """The endpoint cannot be used at all (refused key, nothing reachable): worded for the person fixing it.
+
+    ``retryable``: whether trying again later can help (nothing reachable), or only a fix can (a refused key).
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class MalformedReply(ValueError):
@@ -217,7 +224,8 @@ class OpenAICompatibleQA(QALLM):
             raise QAEndpointError(
                 f"Every request to {self.url} failed (last: {last_failure[-1]}). Check generation.qa.base_url and "
                 "that the server is running, or set it to '' to use the offline generator. Replies already received "
-                "are cached."
+                "are cached.",
+                retryable=True,
             )
         return batch
 

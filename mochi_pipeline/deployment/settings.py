@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
 from mochi_pipeline.settings_base import Section
@@ -15,7 +17,11 @@ class ExportSettings(Section):
         description=f"GGUF types to produce, from {GGUF_TYPES}. q4_k_m is skipped (with the reason in the asset's "
                     "metadata) when the model's widths are not multiples of 256.",
     )
-    model_name: str = Field("", description="Stem of the exported files and id of the served model; '' = 'mochi'.")
+    model_name: str = Field(
+        "",
+        description="Stem of the exported files and id of the served model; '' = 'mochi'. Letters, digits, '.', "
+        "'_' and '-' only: it becomes a file name.",
+    )
     lora_outtype: str = Field("f16", pattern="^(f32|f16|bf16|q8_0)$", description="GGUF type of the LoRA adapter.")
     max_logit_diff_f32: float = Field(2e-4, gt=0, description="Max |logit diff| of f32 vs transformers.")
     max_logit_diff_f16: float = Field(5e-2, gt=0, description="Max |logit diff| of f16 vs transformers.")
@@ -33,6 +39,14 @@ class ExportSettings(Section):
     host: str = Field("127.0.0.1", description="Address `mochi serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `mochi serve` listens on.")
     n_ctx: int = Field(0, ge=0, description="Context length of the served model; 0 = the model's training context.")
+
+    @field_validator("model_name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        if value and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (at most 64, no '..' and no '/'): it becomes "
+                             "a file name under the artifacts root")
+        return value
 
     @field_validator("quantizations")
     @classmethod

@@ -14,7 +14,7 @@ import dagster as dg
 
 from mochi_pipeline.dagster_internals import forget_input_version
 from mochi_pipeline.incremental import DATA_VERSION_TAG, checked, earlier, reuse
-from mochi_pipeline.ingestion.git_connector import GitError, Repository, open_repository, redact
+from mochi_pipeline.ingestion.git_connector import GitError, Repository, is_remote_source, open_repository, redact
 from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
 from mochi_pipeline.ingestion.source_loader import load_source_files
 from mochi_pipeline.io_manager import ArtifactError
@@ -27,6 +27,13 @@ LOGIC_VERSION = "2"
 PREVIEW_ROWS = 15
 REPOSITORY = dg.AssetKey("git_repository")
 COMMIT_TAG = "mochi/commit"
+# A remote that cannot be reached now may be reachable in a minute; errors that need a fix are not retried.
+NETWORK_RETRIES = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def _failure(err: GitError) -> dg.Failure:
+    """The failure shown in the UI (its message, not a traceback); retried only when the network may be why."""
+    return dg.Failure(description=str(err), allow_retries=err.retryable)
 
 
 def open_repo(repo: RepoSettings, paths: ProjectPaths, fetch: bool) -> Repository:
@@ -34,8 +41,8 @@ def open_repo(repo: RepoSettings, paths: ProjectPaths, fetch: bool) -> Repositor
     try:
         return open_repository(paths.repo_source, paths.artifacts / "repos", timeout_s=repo.git_timeout_s,
                                fetch=fetch)
-    except GitError as err:  # shown in the UI as the failure's description, not a traceback
-        raise dg.Failure(description=str(err)) from None
+    except GitError as err:
+        raise _failure(err) from None
 
 
 def observe_commit(repo: RepoSettings, paths: ProjectPaths) -> tuple[str, dict]:
@@ -44,7 +51,7 @@ def observe_commit(repo: RepoSettings, paths: ProjectPaths) -> tuple[str, dict]:
     try:
         sha = repository.resolve_rev(repo.rev)
     except GitError as err:
-        raise dg.Failure(description=str(err)) from None
+        raise _failure(err) from None
     return sha, {"source": redact(paths.repo_source), "rev": repo.rev, "commit": sha,
                  "local_path": dg.MetadataValue.path(str(repository.path))}
 
@@ -116,11 +123,14 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
         context.log.info(f"{redact(paths.repo_source)} at {repo.rev} is {sha}")
         return dg.ObserveResult(data_version=dg.DataVersion(sha), metadata=metadata)
 
+    retries = NETWORK_RETRIES if is_remote_source(paths.repo_source) else None
+
     @dg.asset(
         group_name=GROUP,
         deps=[git_repository],
         kinds={"git", "python"},
         code_version=f"{LOGIC_VERSION}-{sources.signature()}",
+        retry_policy=retries,
         check_specs=[dg.AssetCheckSpec("source_files_found", asset="source_files",
                                        description="At least one text file passed the filters.")],
     )
@@ -159,6 +169,7 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
         deps=[git_repository],
         kinds={"git", "python"},
         code_version=f"{LOGIC_VERSION}-{repo.signature('max_commits', 'max_diff_bytes')}",
+        retry_policy=retries,
         check_specs=[dg.AssetCheckSpec("commit_history_starts_at_rev", asset="commit_history",
                                        description="The newest commit read is repo.rev itself.")],
     )
@@ -184,11 +195,12 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
                 commits = list(repository.iter_commits(sha, repo.max_commits, max_diff_bytes=repo.max_diff_bytes))
                 context.log.info(f"Read {len(commits)} commits from {sha[:12]}")
         except GitError as err:
-            raise dg.Failure(description=str(err)) from None
+            raise _failure(err) from None
+        # Counts only: subjects and authors can hold secrets and personal data (clean_commits shows scrubbed ones).
         preview = md_table(
-            ["sha", "date", "author", "subject", "files", "+", "-"],
-            [(c.sha[:10], c.date[:10], c.author_name, c.message.splitlines()[0] if c.message else "", len(c.files),
-              sum(f.additions for f in c.files), sum(f.deletions for f in c.files)) for c in commits[:PREVIEW_ROWS]],
+            ["sha", "date", "files", "+", "-"],
+            [(c.sha[:10], c.date[:10], len(c.files), sum(f.additions for f in c.files),
+              sum(f.deletions for f in c.files)) for c in commits[:PREVIEW_ROWS]],
         )
         output = dg.Output(commits, data_version=dg.DataVersion(records_hash(commits)), metadata={
             "commit": sha,

@@ -48,10 +48,12 @@ class GitError(RuntimeError):
     """A git problem worded for the person running mochi: what failed and how to fix it.
 
     Credentials in URLs (``https://user:token@host``) never reach the message, so never a log.
+    ``retryable``: a clone, fetch or timeout that may work later (the network); other errors need a fix.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(redact(message))
+        self.retryable = retryable
 
 
 def is_remote_source(source: str) -> bool:
@@ -104,6 +106,19 @@ class TreeEntry:
     def is_symlink(self) -> bool:
         return self.mode == "120000"
 
+    @property
+    def is_submodule(self) -> bool:
+        return self.mode == "160000"
+
+    @property
+    def has_utf8_path(self) -> bool:
+        """False for a path that is not valid UTF-8 (decoded with surrogate escapes: unusable as text)."""
+        try:
+            self.path.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
 
 def _env() -> dict[str, str]:
     # Never wait for a password on a terminal, and refuse dangerous protocols even in submodules/redirects.
@@ -123,7 +138,7 @@ def _run_git(
     except subprocess.TimeoutExpired:
         raise GitError(
             f"`git {' '.join(args)}` did not finish within {timeout:.0f} s. "
-            "Check the network, or raise repo.git_timeout_s in mochi.yaml."
+            "Check the network, or raise repo.git_timeout_s in mochi.yaml.", retryable=True,
         ) from None
     if out.returncode != 0:
         raise _CommandFailed(cmd, out.returncode, out.stderr.decode("utf-8", "replace").strip())
@@ -179,7 +194,7 @@ class Repository:
     # --- files -----------------------------------------------------------------------------
 
     def list_files(self, rev: str) -> list[TreeEntry]:
-        """Tracked files at ``rev`` (submodules left out): path, blob SHA, size and mode."""
+        """Tracked files at ``rev``, and submodules (listed, never fetched): path, object SHA, size and mode."""
         sha = self.resolve_rev(rev)
         entries = []
         for record in self.git("ls-tree", "-r", "-l", "-z", "--full-tree", sha).split(b"\0"):
@@ -187,9 +202,10 @@ class Repository:
                 continue
             meta, _, path = record.partition(b"\t")
             mode, kind, blob, size = meta.split()
-            if kind != b"blob":
+            if kind not in (b"blob", b"commit"):
                 continue
-            entries.append(TreeEntry(path.decode("utf-8", "surrogateescape"), blob.decode(), int(size), mode.decode()))
+            entries.append(TreeEntry(path.decode("utf-8", "surrogateescape"), blob.decode(),
+                                     int(size) if size.isdigit() else 0, mode.decode()))
         return entries
 
     def read_blob(self, sha: str) -> bytes:
@@ -334,11 +350,12 @@ def _parse_commit(chunk: bytes, max_diff_bytes: int) -> Commit:
         end = rest.index(b"\0", pos)
         status = rest[pos:end].split()[-1].decode()[:1]
         first_end = rest.index(b"\0", end + 1)
-        first = rest[end + 1 : first_end].decode("utf-8", "surrogateescape")
+        # Paths that are not UTF-8 are kept readable (U+FFFD for the bad bytes): records must serialise as JSON.
+        first = rest[end + 1 : first_end].decode("utf-8", "replace")
         pos = first_end + 1
         if status in "RC":
             second_end = rest.index(b"\0", pos)
-            raw.append((status, first, rest[pos:second_end].decode("utf-8", "surrogateescape")))
+            raw.append((status, first, rest[pos:second_end].decode("utf-8", "replace")))
             pos = second_end + 1
         else:
             raw.append((status, first, first))
@@ -440,7 +457,8 @@ def _clone_or_fetch(url: str, target: Path, timeout_s: float, fetch: bool) -> Re
             _run_git(["fetch", "--quiet", "--prune", "--tags", "origin"], cwd=target, timeout=timeout_s)
         except _CommandFailed as err:
             raise GitError(
-                f"Could not fetch {url} into {target}: {err.stderr}. Check the URL, network and credentials."
+                f"Could not fetch {url} into {target}: {err.stderr}. Check the URL, network and credentials.",
+                retryable=True,
             ) from None
         _follow_remote_head(target, timeout_s)
         return Repository(target, url)
@@ -450,7 +468,8 @@ def _clone_or_fetch(url: str, target: Path, timeout_s: float, fetch: bool) -> Re
             # Keep branches as local heads so later fetches update them (a bare clone sets no refspec).
             _run_git(["config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*"], cwd=tmp)
     except _CommandFailed as err:
-        raise GitError(f"Could not clone {url}: {err.stderr}. Check the URL, network and credentials.") from None
+        raise GitError(f"Could not clone {url}: {err.stderr}. Check the URL, network and credentials.",
+                       retryable=True) from None
     return Repository(target, url)
 
 

@@ -18,6 +18,8 @@ BINARY_SNIFF_BYTES = 8000
 BATCH_BYTES = 64 << 20
 
 SKIP_EXCLUDED = "excluded"
+SKIP_SUBMODULE = "submodule"
+SKIP_NON_UTF8_PATH = "non_utf8_path"
 SKIP_SYMLINK = "symlink"
 SKIP_TOO_LARGE = "too_large"
 SKIP_BINARY = "binary"
@@ -82,7 +84,11 @@ def load_source_files(
     skipped: Counter[str] = Counter()
     candidates: list[TreeEntry] = []
     for entry in repo.list_files(rev):
-        if not is_selected(entry.path, settings.include, settings.exclude):
+        if entry.is_submodule:  # another repository: never fetched
+            skipped[SKIP_SUBMODULE] += 1
+        elif not entry.has_utf8_path:
+            skipped[SKIP_NON_UTF8_PATH] += 1
+        elif not is_selected(entry.path, settings.include, settings.exclude):
             skipped[SKIP_EXCLUDED] += 1
         elif entry.is_symlink:
             skipped[SKIP_SYMLINK] += 1

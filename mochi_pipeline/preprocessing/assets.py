@@ -1,7 +1,8 @@
 """Dagster assets of the preprocessing layer (thin wrappers over the logic modules beside this file).
 
-``build_defs`` makes them from the ``chunking`` and ``dedup`` sections of mochi.yaml; each asset's
-code version names its logic and the settings it reads.
+``build_defs`` makes them from the ``filters``, ``scrub``, ``chunking`` and ``dedup`` sections of
+mochi.yaml; each asset's code version names its logic and the settings it reads. Everything after
+``clean_files`` and ``clean_commits`` sees only filtered, scrubbed text.
 """
 
 from collections import Counter
@@ -16,12 +17,14 @@ from mochi_pipeline.ingestion.doc_parser import parse_document
 from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.paths import ProjectPaths
+from mochi_pipeline.preprocessing import cleaning
+from mochi_pipeline.preprocessing.cleaning import CLEANER_VERSION, CleanStats
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
 from mochi_pipeline.preprocessing.minhash import text_key
-from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
-from mochi_pipeline.records import Chunk, DocSection, SourceFile
+from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings, FilterSettings, ScrubSettings
+from mochi_pipeline.records import Chunk, Commit, DocSection, SourceFile
 
 GROUP = "preprocessing"
 PREVIEW_ROWS = 20
@@ -47,8 +50,66 @@ def _chunk_preview(chunks: Sequence[Chunk]) -> str:
                       for c in chunks[:PREVIEW_ROWS]])
 
 
-def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectPaths) -> dg.Definitions:
+def _clean_metadata(stats: CleanStats, before: int, after: int, what: str) -> dict:
+    return {
+        what: after,
+        "input": before,
+        "dropped_by_reason": dg.MetadataValue.json(dict(sorted(stats.dropped.items()))),
+        "replaced_by_type": dg.MetadataValue.json(dict(sorted(stats.replaced.items()))),
+        "replacements": sum(stats.replaced.values()),
+        f"{what}_changed": stats.changed,
+        "cache_hits": stats.cache_hits,
+    }
+
+
+def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: FilterSettings, scrub: ScrubSettings,
+               paths: ProjectPaths) -> dg.Definitions:
     root = paths.artifacts
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"python"},
+        code_version=f"clean{CLEANER_VERSION}-{filters.signature()}-{scrub.signature()}",
+        check_specs=[dg.AssetCheckSpec("clean_files_found", asset="clean_files",
+                                       description="Some file is left to learn from after filtering.")],
+    )
+    def clean_files(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
+                    source_files: list[SourceFile]) -> Iterator:
+        """The files mochi learns from: vendored, generated, minified, LFS-pointer, unwanted-license and
+        nothing-but-secrets files dropped (counted by reason), secrets and personal data in the rest
+        replaced by typed placeholders (counted by type; the values are never shown)."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        files, stats = cleaning.clean_files(source_files, filters, scrub, root / "cache" / "clean",
+                                            workers=config.workers)
+        context.log.info(f"{len(files)} of {len(source_files)} files kept; dropped {dict(stats.dropped)}; "
+                         f"replaced {dict(stats.replaced)}")
+        output = dg.Output(files, data_version=dg.DataVersion(records_hash(files)), metadata={
+            **_clean_metadata(stats, len(source_files), len(files), "files"),
+            "repository_license": stats.repository_license or "(not recognised)",
+        })
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="clean_files_found", passed=bool(files), metadata={"files": len(files)},
+            description=None if files else "Every file was filtered out; see dropped_by_reason and the filters "
+            "section of mochi.yaml.")])
+
+    @dg.asset(group_name=GROUP, kinds={"git"}, code_version=f"clean{CLEANER_VERSION}-{scrub.signature()}")
+    def clean_commits(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
+                      commit_history: list[Commit]) -> Iterator:
+        """Commit history with secrets and personal data in messages and diffs replaced by typed placeholders
+        (a secret file's diff emptied); counted by type, the values never shown."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        commits, stats = cleaning.clean_commits(commit_history, scrub, root / "cache" / "clean", workers=config.workers)
+        context.log.info(f"Scrubbed {len(commits)} commits; replaced {dict(stats.replaced)}")
+        preview = md_table(["sha", "date", "subject"], [(c.sha[:10], c.date[:10], c.message.split("\n", 1)[0])
+                                                        for c in commits[:PREVIEW_ROWS]])
+        yield dg.Output(commits, data_version=dg.DataVersion(records_hash(commits)), metadata={
+            **_clean_metadata(stats, len(commit_history), len(commits), "commits"),
+            "preview": dg.MetadataValue.md(preview),
+        })
 
     @dg.asset(
         group_name=GROUP,
@@ -57,7 +118,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
         check_specs=[dg.AssetCheckSpec("doc_sections_not_empty", asset="doc_sections",
                                        description="Every section has text or a code block after normalisation.")],
     )
-    def doc_sections(context: dg.AssetExecutionContext, source_files: list[SourceFile]) -> Iterator:
+    def doc_sections(context: dg.AssetExecutionContext, clean_files: list[SourceFile]) -> Iterator:
         """Documentation (Markdown, reStructuredText, AsciiDoc, README-like text) split by heading and normalised.
 
         Markup noise (badges, link targets, HTML) is removed; code blocks are kept verbatim. Other text
@@ -69,7 +130,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
         sections: list[DocSection] = []
         skipped: Counter[str] = Counter()
         dropped: Counter[str] = Counter()
-        for f in source_files:
+        for f in clean_files:
             if f.language not in DOC_LANGUAGES and not (f.language == "text" and _is_text_doc(f.path)):
                 skipped["not_documentation"] += 1
                 continue
@@ -79,7 +140,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
                     sections.append(clean)
                 else:
                     dropped["empty_after_normalisation"] += 1
-        context.log.info(f"{len(sections)} doc sections from {len(source_files) - sum(skipped.values())} documents")
+        context.log.info(f"{len(sections)} doc sections from {len(clean_files) - sum(skipped.values())} documents")
         by_format = dict(sorted(Counter(s.format for s in sections).items()))
         preview = md_table(["path", "heading", "lines", "text"],
                             [(s.path, " / ".join(s.heading_path), f"{s.start_line}-{s.end_line}", s.text)
@@ -108,7 +169,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
         ],
     )
     def code_chunks(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
-                    source_files: list[SourceFile]) -> Iterator:
+                    clean_files: list[SourceFile]) -> Iterator:
         """Source files cut along syntax (tree-sitter) into functions, classes and module code within a token budget.
 
         Each chunk carries a context header (file, module docstring, imports it uses, enclosing class).
@@ -119,7 +180,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
             return
         skipped: Counter[str] = Counter()
         code: list[SourceFile] = []
-        for f in source_files:
+        for f in clean_files:
             if f.language in DOC_LANGUAGES:
                 skipped["documentation"] += 1
             elif f.language in chunking.exclude_languages:
@@ -195,4 +256,4 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, paths: ProjectP
         yield from checked(output, [dg.AssetCheckResult(
             check_name="no_exact_duplicates_left", passed=repeats == 0, metadata={"exact_duplicates": repeats})])
 
-    return dg.Definitions(assets=[doc_sections, code_chunks, deduplicated_chunks])
+    return dg.Definitions(assets=[clean_files, clean_commits, doc_sections, code_chunks, deduplicated_chunks])

@@ -10,13 +10,12 @@ rewritten: the cache is always safe to delete.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import orjson
 
 from mochi_pipeline.preprocessing.settings import ChunkingSettings
-from mochi_pipeline.storage import content_hash
+from mochi_pipeline.storage import atomic_write_bytes, content_hash
 
 
 def cache_key(blob_sha: str, text: str, language: str, settings: ChunkingSettings, version: str) -> str:
@@ -43,14 +42,5 @@ class ChunkCache:
             data = orjson.dumps(value)
         except orjson.JSONEncodeError:  # not representable (lone surrogates): simply not cached
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: an entry lost in a crash is recomputed, and the rename keeps entries whole.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self._path(key), data, fsync=False)

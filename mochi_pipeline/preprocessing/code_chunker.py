@@ -91,7 +91,7 @@ class _Member:
 class FileChunks:
     """The path-independent chunking result of one file (what the cache stores)."""
 
-    mode: str  # ast, window, fallback_unknown_language or fallback_parse_error
+    mode: str  # ast, window, fallback_unknown_language, fallback_parse_error or fallback_too_deep
     pieces: list[dict]
     dropped_punctuation: int = 0
 
@@ -400,8 +400,12 @@ def chunk_source(text: str, language: str, settings: ChunkingSettings) -> FileCh
     if _error_share(tree.root_node, len(chunker.lines)) > MAX_ERROR_SHARE:
         pieces, dropped = _render(chunker, chunker.windows(), None)
         return FileChunks("fallback_parse_error", pieces, dropped)
-    ctx = file_context(SPECS[language], tree.root_node, text)
-    pieces, dropped = _render(chunker, chunker.chunk(tree.root_node), ctx)
+    try:
+        ctx = file_context(SPECS[language], tree.root_node, text)
+        pieces, dropped = _render(chunker, chunker.chunk(tree.root_node), ctx)
+    except RecursionError:  # nesting deeper than Python's stack (generated or hostile code): cut into windows
+        pieces, dropped = _render(chunker, chunker.windows(), None)
+        return FileChunks("fallback_too_deep", pieces, dropped)
     return FileChunks("ast", pieces, dropped)
 
 

@@ -14,9 +14,9 @@ deduplication reads it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash
 
-from mochi_pipeline.storage import file_lock
+from mochi_pipeline.storage import atomic_write_bytes, file_lock
 
 WORDS = re.compile(r"\w+")
 SCHEME = "affine32"
@@ -177,9 +177,8 @@ class SignatureStore:
     """Signed texts by text key, for one use (``name``: how texts are tokenised) and one (n-gram,
     permutations, seed), in one file under ``root``.
 
-    An entry is (signature or None, token count). Written whole to a temporary file and renamed, so
-    a reader sees the old store or the new one. An unreadable store is an empty one: it is a cache,
-    always safe to delete.
+    An entry is (signature or None, token count). Written atomically, so a reader sees the old store
+    or the new one. An unreadable store is an empty one: it is a cache, always safe to delete.
     """
 
     def __init__(self, root: str | os.PathLike, name: str, ngram: int, num_perm: int, seed: int) -> None:
@@ -197,20 +196,14 @@ class SignatureStore:
         return {str(k): (sigs[i] if counts[i] else None, int(counts[i])) for i, k in enumerate(keys)}
 
     def save(self, entries: Mapping[str, tuple[np.ndarray | None, int]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(entries)
         empty = np.zeros(self.num_perm, dtype=np.uint32)
         sigs = np.stack([entries[k][0] if entries[k][0] is not None else empty for k in keys]) if keys \
             else np.empty((0, self.num_perm), np.uint32)
         counts = np.array([entries[k][1] for k in keys], dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=np.array(keys, dtype="U32"), sigs=sigs, counts=counts)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.array(keys, dtype="U32"), sigs=sigs, counts=counts)
+        atomic_write_bytes(self.path, buffer.getvalue())
 
     def add(self, entries: Mapping[str, tuple[np.ndarray | None, int]]) -> None:
         """Merge ``entries`` into the store (nothing written when all are there already)."""

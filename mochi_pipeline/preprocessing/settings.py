@@ -43,3 +43,57 @@ class DedupSettings(Section):
         0.7, gt=0.0, le=1.0, description="Jaccard similarity above which two chunks are near duplicates."
     )
     seed: int = Field(1, description="MinHash seed.")
+
+
+class ScrubSettings(Section):
+    """What never reaches a dataset: secrets, and personal data (see preprocessing/scrubber.py)."""
+
+    secrets: bool = Field(True, description="Replace secrets (keys, tokens, passwords, private keys) by "
+                          "<SECRET:type> placeholders.")
+    personal_data: bool = Field(True, description="Replace e-mail addresses, public IP addresses and phone "
+                                "numbers by <EMAIL>, <IP_ADDRESS>, <PHONE>.")
+    secret_files: list[str] = Field(
+        default_factory=lambda: [
+            "**/.env", "**/.env.*", "**/*.env", "**/*.pem", "**/*.key", "**/*.p12", "**/*.pfx", "**/*.keystore",
+            "**/id_rsa", "**/id_dsa", "**/id_ecdsa", "**/id_ed25519", "**/.npmrc", "**/.pypirc", "**/.netrc",
+            "**/.git-credentials", "**/credentials", "**/credentials.json", "**/secrets.yaml", "**/secrets.yml",
+        ],
+        description="Files that are nothing but secrets: dropped whole (counted as secret_file). Credential JSON "
+        "(service accounts) is recognised by its content too.",
+    )
+    high_entropy_in: list[str] = Field(
+        default_factory=lambda: ["**/*.yaml", "**/*.yml", "**/*.json", "**/*.toml", "**/*.ini", "**/*.cfg",
+                                 "**/*.conf", "**/*.properties", "**/*.tf", "**/Dockerfile", "**/*.xml"],
+        description="Config files in which any quoted high-entropy string counts as a secret (in code it takes a "
+        "secret-sounding name).",
+    )
+    base64_entropy_limit: float = Field(4.5, gt=0, le=8, description="Shannon entropy above which a base64 string "
+                                        "in a config file is a secret (detect-secrets' default).")
+    hex_entropy_limit: float = Field(3.0, gt=0, le=8, description="The same for hex strings.")
+    allow: list[str] = Field(default_factory=list, description="Exact values never replaced (a public support "
+                             "address, a documented test key).")
+    max_line_chars: int = Field(2000, ge=80, description="Longer lines (minified data) skip the keyword and entropy "
+                                "rules; the token patterns still apply.")
+
+
+class FilterSettings(Section):
+    """Files that are not the project's own code or docs, dropped with a counted reason before anything is cut."""
+
+    vendored_dirs: list[str] = Field(
+        default_factory=lambda: ["vendor", "vendored", "third_party", "third-party", "thirdparty", "node_modules",
+                                 "bower_components", "site-packages", "external", "extern", "_vendor"],
+        description="Directory names whose files are someone else's code (any depth).",
+    )
+    generated: list[str] = Field(
+        default_factory=lambda: ["**/*_pb2.py", "**/*_pb2_grpc.py", "**/*.pb.go", "**/*.pb.cc", "**/*.pb.h",
+                                 "**/*.min.js", "**/*.min.css", "**/*.lock", "**/package-lock.json",
+                                 "**/yarn.lock", "**/pnpm-lock.yaml", "**/go.sum", "**/*.map"],
+        description="Globs of generated files (also recognised by a 'DO NOT EDIT' / '@generated' header, and by "
+        "minified line lengths).",
+    )
+    minified_mean_line: int = Field(300, ge=40, description="Mean line length (characters) above which a file is "
+                                    "taken as minified.")
+    licenses_allow: list[str] = Field(default_factory=list, description="SPDX ids a file's license must be one of "
+                                      "([] = any). A file without an SPDX header has the repository's license.")
+    licenses_deny: list[str] = Field(default_factory=list, description="SPDX ids whose files are dropped, "
+                                     "e.g. [AGPL-3.0-only, GPL-3.0-only].")

@@ -51,8 +51,12 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
 
     base_settings = training.signature("base_model", "tiny_pretrain_steps")
 
+    # A hub model is downloaded (a network call); the offline `tiny` is built locally.
+    hub = training.base_model != "tiny" and not Path(training.base_model).expanduser().is_dir()
+
     @dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"},
-              code_version=f"{LOGIC_VERSION}-tiny{TINY_VERSION}-{base_settings}")
+              code_version=f"{LOGIC_VERSION}-tiny{TINY_VERSION}-{base_settings}",
+              retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL) if hub else None)
     def base_model(context: dg.AssetExecutionContext) -> Iterator:
         """The base model to fine-tune: the offline `tiny` model (built and cached once) or a hub/local model."""
         if (events := reuse(context, root, still_valid=lambda r: Path(r.path).is_dir())) is not None:
@@ -61,7 +65,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         try:
             resolved = resolve_base(training.base_model, training.tiny_pretrain_steps, log=context.log.info)
         except BaseModelError as err:
-            raise dg.Failure(description=str(err)) from None
+            raise dg.Failure(description=str(err), allow_retries=err.retryable) from None
         pretraining = {}
         if training.base_model == "tiny":
             pretraining = {k: v for k, v in pretrain_report(resolved.path).items() if k != "history"}

@@ -78,7 +78,14 @@ _KNOWN_TARGETS = (
 
 
 class BaseModelError(RuntimeError):
-    """The base model cannot be found or loaded; the message says how to fix it."""
+    """The base model cannot be found or loaded; the message says how to fix it.
+
+    ``retryable``: a download that failed may work later; a wrong name or a broken folder will not.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ def _hub_snapshot(repo_id: str) -> str:
         raise BaseModelError(
             f"Base model {repo_id!r} is not in the local HF cache and no network: download it with "
             f"`huggingface-cli download {repo_id}` or set training.base_model to a local path "
-            f"(or to the offline preset 'tiny'). ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"(or to the offline preset 'tiny'). ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+            retryable=True,
         ) from None
 
 

@@ -29,7 +29,6 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from mochi_pipeline.storage import atomic_directory, atomic_write_bytes, atomic_write_text, content_hash
@@ -180,6 +179,26 @@ def warm_start_refusal(init_from: Path, base: ResolvedBase, settings: TrainingSe
     return ""
 
 
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint written whole, or None; one cut short by a kill is removed.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint whose state file is missing or does
+    not parse was interrupted.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted((d for d in checkpoints.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
+                   key=lambda d: int(d.name.split("-")[-1]), reverse=True)
+    for candidate in found:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(candidate, ignore_errors=True)
+            continue
+        return str(candidate)
+    return None
+
+
 def prune_runs(runs_dir: Path, keep: int, protect: set[str]) -> list[str]:
     """Delete finished runs beyond the ``keep`` newest, never one named in ``protect``; returns what went."""
     finished = sorted((d for d in runs_dir.iterdir() if (d / FINAL_DIR / RESULT_FILE).is_file()),
@@ -254,7 +273,7 @@ def train(
     trainer.remove_callback(PrinterCallback)  # LogProgress reports the same lines through `log`
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     log(
         f"Training {settings.method} on {base.name}"
         + (f" continuing {init_from}" if init_from else " from the base")

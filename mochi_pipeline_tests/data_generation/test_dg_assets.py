@@ -6,10 +6,8 @@ from pathlib import Path
 from dg_chat_server import API_KEY, ChatServer
 
 from mochi_pipeline.io_manager import read_asset_file
-from mochi_pipeline_tests.materialize import materialize, project_config
+from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 
-DATA_ASSETS = ["source_files", "commit_history", "doc_sections", "code_chunks", "deduplicated_chunks",
-               "completion_pairs", "doc_code_pairs", "commit_pairs", "qa_pairs", "training_dataset"]
 DOCS = ["**/*.md", "**/*.rst", "**/*.adoc"]
 
 
@@ -28,7 +26,7 @@ def test_whole_layer_from_the_sample_repository(sample_repo, tmp_path):
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()
               if e.asset_key.path == ["training_dataset"]}
     assert checks == {"schema_valid": True, "no_empty_fields": True, "no_train_eval_overlap": True,
-                      "mix_within_proportions": True}
+                      "mix_within_proportions": True, "no_secrets_in_training_data": True}
 
     meta = metadata(result, "training_dataset")
     assert meta["n_examples"]["train"] > 50 and meta["n_examples"]["eval"] > 0

@@ -10,7 +10,7 @@ from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.records import Chunk, DocSection
 from mochi_pipeline_tests.materialize import materialize, project_config
 
-ASSETS = ["source_files", "doc_sections", "code_chunks", "deduplicated_chunks"]
+ASSETS = ["source_files", "clean_files", "doc_sections", "code_chunks", "deduplicated_chunks"]
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
@@ -27,7 +27,7 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     cfg = project_config(tmp_path, repo={"source": str(sample_repo), "rev": "HEAD~1"}, chunking={"min_tokens": 8})
     result = materialize(cfg, ASSETS)
     assert result.success
-    assert _checks(result) == {"source_files_found": True, "doc_sections_not_empty": True,
+    assert _checks(result) == {"source_files_found": True, "clean_files_found": True, "doc_sections_not_empty": True,
                                "code_chunks_not_empty": True, "code_chunks_within_budget": True,
                                "no_exact_duplicates_left": True}
 

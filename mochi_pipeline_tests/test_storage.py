@@ -1,0 +1,55 @@
+"""Atomic writes: whole or nothing, and readable by others as a plain write under the umask would be."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from mochi_pipeline import storage
+from mochi_pipeline.io_manager import write_asset_file
+from mochi_pipeline.preprocessing.chunk_cache import ChunkCache
+from mochi_pipeline.records import Chunk
+
+
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request):
+    previous = os.umask(request.param)
+    storage.umask.cache_clear()
+    yield request.param
+    os.umask(previous)
+    storage.umask.cache_clear()
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_and_directories_get_the_permissions_of_a_plain_write(tmp_path, umask):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    written = storage.atomic_write_text(tmp_path / "a.txt", "x")
+    with storage.atomic_directory(tmp_path / "model") as folder:
+        (folder / "weights").write_text("w")
+    chunk = Chunk(id="1", path="a.py", language="python", kind="file", start_line=1, end_line=1, text="x", n_tokens=1)
+    stored = write_asset_file(tmp_path / "assets" / "code_chunks", [chunk])
+    ChunkCache(tmp_path / "cache").put("ab12", {"mode": "ast"})
+    assert mode(written) == mode(plain) == mode(stored) == 0o666 & ~umask
+    assert mode(next((tmp_path / "cache").rglob("*.json"))) == 0o666 & ~umask
+    assert mode(tmp_path / "model") == mode(tmp_path / "plain_dir") == 0o777 & ~umask
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = storage.atomic_write_text(tmp_path / "a.txt", "old")
+
+    with pytest.raises(TypeError):
+        storage.atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+    with pytest.raises(RuntimeError), storage.atomic_directory(tmp_path / "dir") as folder:
+        (folder / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert not (tmp_path / "dir").exists() and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
