@@ -15,6 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# benchmarks/secrets.py would hide the standard library's `secrets` (numpy imports it): this folder
+# comes off the import path before anything imports numpy.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 from mochi_pipeline.ingestion.git_connector import open_repository
 from mochi_pipeline.ingestion.settings import SourceSettings
 from mochi_pipeline.ingestion.source_loader import load_source_files

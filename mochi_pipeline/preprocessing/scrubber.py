@@ -101,14 +101,14 @@ _HINTS: dict[type, tuple[str, ...] | None] = {
 }
 # What detect-secrets lacks (checked 1.5.0): a pattern, the group holding the secret, the type, and hints as above.
 _EXTRA: list[tuple[re.Pattern[str], int, str, tuple[str, ...] | None]] = [
-    (re.compile(r"github_pat_[A-Za-z0-9_]{60,}"), 0, "github_token", None),
-    (re.compile(r"sk-ant-[A-Za-z0-9_-]{20,}"), 0, "anthropic_key", None),
-    (re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"), 0, "openai_key", None),
-    (re.compile(r"AIza[0-9A-Za-z_-]{35}"), 0, "gcp_api_key", None),
-    (re.compile(r"GOCSPX-[0-9A-Za-z_-]{28}"), 0, "gcp_client_secret", None),
+    (re.compile(r"github_pat_[A-Za-z0-9_]{60,}"), 0, "github_token", ("github_pat_",)),
+    (re.compile(r"sk-ant-[A-Za-z0-9_-]{20,}"), 0, "anthropic_key", ("sk-ant-",)),
+    (re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"), 0, "openai_key", ("sk-",)),
+    (re.compile(r"AIza[0-9A-Za-z_-]{35}"), 0, "gcp_api_key", ("AIza",)),
+    (re.compile(r"GOCSPX-[0-9A-Za-z_-]{28}"), 0, "gcp_client_secret", ("GOCSPX-",)),
     (re.compile(r"[rs]k_test_[0-9a-zA-Z]{24,}"), 0, "stripe_key", ("k_test_",)),
-    (re.compile(r"xox[abposr]-[0-9A-Za-z-]{10,}"), 0, "slack_token", None),
-    (re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]+"), 0, "slack_webhook", None),
+    (re.compile(r"xox[abposr]-[0-9A-Za-z-]{10,}"), 0, "slack_token", ("xox",)),
+    (re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]+"), 0, "slack_webhook", ("hooks.slack.com",)),
     (re.compile(r"A(?:KIA|SIA|BIA|CCA)[0-9A-Z]{16}(?![0-9A-Z])"), 0, "aws_access_key",
      ("AKIA", "ASIA", "ABIA", "ACCA")),
     (re.compile(r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+"), 0, "jwt", ("eyJ",)),  # the whole token, signature included
@@ -116,12 +116,15 @@ _EXTRA: list[tuple[re.Pattern[str], int, str, tuple[str, ...] | None]] = [
     (re.compile(r"://[^\s:/@'\"]+:([^\s@/'\"]{3,})@"), 1, "password", ("://",)),
 ]
 # Secret-sounding names detect-secrets' keyword list lacks (token, access/storage/signing key, credential, bearer),
-# assigned a quoted value that looks random (see _random_enough): a token, not a word.
-_SECRET_NAME = r"(?i)(?:token|access_?key|storage_?key|signing_?key|secret_?key|api_?secret|credential|bearer)"
-_ASSIGNED_TOKEN = re.compile(_SECRET_NAME + r"[A-Za-z0-9_-]*['\"]?\s*[:=]\s*['\"]([^'\"\s]{16,})['\"]")
+# assigned a quoted value that looks random (see _random_enough): a token, not a word. The names are found by a
+# substring search of the lower-cased text (a case-insensitive alternation over all of it is the slowest pass),
+# then the assignment is matched right after each.
+_SECRET_NAMES = tuple(sorted({w.replace("_?", sep) for w in ("token", "access_?key", "storage_?key", "signing_?key",
+                                                               "secret_?key", "api_?secret", "credential", "bearer")
+                              for sep in ("", "_")}))
+_ASSIGNED_VALUE = re.compile(r"[A-Za-z0-9_-]*['\"]?\s*[:=]\s*['\"]([^'\"\s]{16,})['\"]")
 # In a config file the value needs no quotes (YAML `api_token: 9f8e...`, INI, env files).
-_ASSIGNED_TOKEN_UNQUOTED = re.compile(_SECRET_NAME + r"[A-Za-z0-9_-]*['\"]?[ \t]*[:=][ \t]*([^'\"\s,;#]{16,})[ \t]*$",
-                                      re.M)
+_ASSIGNED_VALUE_UNQUOTED = re.compile(r"[A-Za-z0-9_-]*['\"]?[ \t]*[:=][ \t]*([^'\"\s,;#]{16,})[ \t]*$", re.M)
 _PLACEHOLDER = re.compile(r"<(?:SECRET:[a-z0-9_]+|EMAIL|IP_ADDRESS|PHONE)>")
 _PEM_BLOCK = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----.*?-----END \1-----", re.S
@@ -136,6 +139,8 @@ _IMPERSONAL_EMAIL = re.compile(
 _SERVICE_ACCOUNT = re.compile(r'"type"\s*:\s*"service_account"|"private_key"\s*:\s*"-----BEGIN')
 # A PEM block written on one line with escaped newlines (credential JSON, env files).
 _ESCAPED_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\"'\n]*?-----END [A-Z ]*PRIVATE KEY-----")
+# What every IPv4 address contains: a cheap test before detect-secrets' (much slower) address pattern.
+_DOTTED_QUAD = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 # A dotted quad after "version", "release" or a "v" is a version number, not an address.
 _VERSION_CONTEXT = re.compile(r"(?:version|release|rev)\w*\W{0,12}$|\bv$", re.I)
 _NOT_PASSWORDS = frozenset({"true", "false", "none", "null", "nil", "yes", "no", "on", "off", "required", "optional"})
@@ -197,12 +202,16 @@ class Scrubber:
                 if hints is None or any(h in text for h in hints):
                     found += [Finding(name, m.start(group), m.end(group)) for m in pattern.finditer(text)]
             config = any(glob_match(path, g) for g in self.settings.high_entropy_in)
-            found += self._assignments(text, path, config)
-            for pattern in (_ASSIGNED_TOKEN, _ASSIGNED_TOKEN_UNQUOTED) if config else (_ASSIGNED_TOKEN,):
-                found += [Finding("token", m.start(1), m.end(1)) for m in pattern.finditer(text)
-                          if _random_enough(m.group(1))]
+            lowered = _lower(text)
+            found += self._assignments(text, lowered, path, config)
+            for pattern in (_ASSIGNED_VALUE, _ASSIGNED_VALUE_UNQUOTED) if config else (_ASSIGNED_VALUE,):
+                for at in _occurrences(lowered, _SECRET_NAMES):
+                    m = pattern.match(text, at)
+                    if m and _random_enough(m.group(1)):
+                        found.append(Finding("token", m.start(1), m.end(1)))
         if self.settings.personal_data:
-            found += [Finding("ip_address", *span) for span in _spans(self.ip.denylist[0], text)
+            ips = _spans(self.ip.denylist[0], text) if _DOTTED_QUAD.search(text) else ()
+            found += [Finding("ip_address", *span) for span in ips
                       if _global_address(text[span[0]:span[1]])
                       and not _VERSION_CONTEXT.search(text[max(0, span[0] - 40):span[0]])]
             found += [Finding("email", m.start(), m.end()) for m in _EMAIL.finditer(text)
@@ -215,7 +224,7 @@ class Scrubber:
         return _non_overlapping([f for f in found if text[f.start:f.end] not in self.allow
                                  and not any(a <= f.start and f.end <= b for a, b in written)])
 
-    def _assignments(self, text: str, path: str, entropy_here: bool) -> list[Finding]:
+    def _assignments(self, text: str, lowered: str, path: str, entropy_here: bool) -> list[Finding]:
         """Values assigned to secret-sounding names, and high-entropy strings in config files, line by line
         (only the lines that need it), minus what detect-secrets' heuristics call a false positive."""
         denylist = keyword.REGEX_BY_FILETYPE.get(determine_file_type(path or "x.txt"),
@@ -224,14 +233,7 @@ class Scrubber:
         if entropy_here:
             lines = range(len(starts))
         else:
-            lowered = text.lower()
-            hits = set()
-            for word in _KEYWORDS:
-                at = lowered.find(word)
-                while at != -1:
-                    hits.add(bisect.bisect_right(starts, at) - 1)
-                    at = lowered.find(word, at + len(word))
-            lines = sorted(hits)
+            lines = sorted({bisect.bisect_right(starts, at - 1) - 1 for at in _occurrences(lowered, _KEYWORDS)})
         out: list[Finding] = []
         for n in lines:
             start = starts[n]
@@ -268,6 +270,21 @@ class Scrubber:
         if any(glob_match(path, g) for g in self.settings.secret_files):
             return True
         return path.endswith(".json") and bool(_SERVICE_ACCOUNT.search(text))
+
+
+def _lower(text: str) -> str:
+    """``text`` lower-cased, position for position (``"İ".lower()`` is two characters: its first is kept)."""
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else "".join(c.lower()[0] for c in text)
+
+
+def _occurrences(lowered: str, words: tuple[str, ...]) -> Iterator[int]:
+    """The position right after each occurrence of each word in ``lowered``."""
+    for word in words:
+        at = lowered.find(word)
+        while at != -1:
+            yield at + len(word)
+            at = lowered.find(word, at + len(word))
 
 
 def _spans(regex: re.Pattern[str], text: str) -> Iterator[tuple[int, int]]:
