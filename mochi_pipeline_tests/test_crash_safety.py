@@ -33,7 +33,7 @@ def start(repo: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
-def kill_when(proc: subprocess.Popen, seen, timeout: float = 300) -> None:
+def kill_when(proc: subprocess.Popen, seen, timeout: float = 300, poll: float = 0.02) -> None:
     """SIGKILL ``proc`` as soon as ``seen()`` is true (fails if the run ends first)."""
     deadline = time.monotonic() + timeout
     while not seen():
@@ -41,7 +41,7 @@ def kill_when(proc: subprocess.Popen, seen, timeout: float = 300) -> None:
             tail = proc.log.read_text(errors="replace")[-3000:]
             raise AssertionError(f"the run ended ({proc.returncode}) before the moment to kill it:\n{tail}")
         assert time.monotonic() < deadline, "the moment to kill the run never came"
-        time.sleep(0.02)
+        time.sleep(poll)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -90,7 +90,7 @@ def test_killed_while_chunking(repo):
     assert dg.DagsterRunStatus.STARTED not in statuses  # the killed run is marked failed, with the reason
 
 
-def test_killed_while_training_then_while_exporting(repo):
+def test_killed_while_training_then_merging_then_exporting(repo):
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3},
         "training": {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3,
@@ -105,10 +105,10 @@ def test_killed_while_training_then_while_exporting(repo):
     assert not list(runs.glob("*/final")) and not (art / "assets" / "fine_tuned_adapter.json").exists()
     assert_nothing_half_written(art)
 
-    # Second run: training resumes from its checkpoint; killed again while a GGUF file is being written.
+    # Second run: training resumes from its checkpoint; killed while the merged model is being saved.
     proc = start(repo)
-    kill_when(proc, lambda: any((art / "gguf" / "model").glob(".*.tmp.gguf")) if (art / "gguf").exists()
-              else False)
+    kill_when(proc, lambda: any((art / "training").glob(".merged.*.tmp/*")), poll=0.002)
+    assert not (art / "training" / "merged").exists() and not (art / "assets" / "merged_model.json").exists()
     assert_nothing_half_written(art)
     adapter = read_asset_file(art / "assets" / "fine_tuned_adapter.json")
     with dg.DagsterInstance.from_config(str(art / "dagster_home")) as instance:
@@ -116,7 +116,14 @@ def test_killed_while_training_then_while_exporting(repo):
         assert "checkpoint-" in resumed.asset_materialization.metadata["resumed_from"].value
     assert adapter.global_step == 40
 
-    # Third run: what was done stays done; the export is redone, whole.
+    # Third run: the merge is redone whole; killed while a GGUF file is being written.
+    proc = start(repo)
+    kill_when(proc, lambda: any((art / "gguf" / "model").glob(".*.tmp.gguf")) if (art / "gguf").exists()
+              else False)
+    assert_nothing_half_written(art)
+    assert (art / "training" / "merged" / "config.json").exists()
+
+    # Fourth run: what was done stays done; the export is redone, whole.
     out = mochi(repo, "run").stdout
     assert "fine_tuned_adapter" not in out.split("Materializing", 1)[1].split("\n", 1)[0]
     gguf = read_asset_file(art / "assets" / "gguf_model.json")

@@ -141,8 +141,9 @@ _SERVICE_ACCOUNT = re.compile(r'"type"\s*:\s*"service_account"|"private_key"\s*:
 _ESCAPED_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\"'\n]*?-----END [A-Z ]*PRIVATE KEY-----")
 # What every IPv4 address contains: a cheap test before detect-secrets' (much slower) address pattern.
 _DOTTED_QUAD = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
-# A dotted quad after "version", "release" or a "v" is a version number, not an address.
-_VERSION_CONTEXT = re.compile(r"(?:version|release|rev)\w*\W{0,12}$|\bv$", re.I)
+# A dotted quad after "version", "release", a "v" or a requirement specifier (`typing-extensions==3.10.0.2`) is a
+# version number, not an address.
+_VERSION_CONTEXT = re.compile(r"(?:version|release|rev)\w*\W{0,12}$|\bv$|(?:[=!~<>]=|[<>])\s*$", re.I)
 _NOT_PASSWORDS = frozenset({"true", "false", "none", "null", "nil", "yes", "no", "on", "off", "required", "optional"})
 # `scheme://user:` right before an address-looking `password@host`: a URL's credentials, not an e-mail.
 _URL_USERINFO = re.compile(r"://[^\s/@:]*:$")

@@ -34,6 +34,8 @@ def test_clean_code_is_left_alone():
     text = ('def connect(host="localhost", port=5432):\n    """Open a session (see RFC 7230 section 3.2.6)."""\n'
             '    password = os.environ["DB_PASSWORD"]\n    version = "1.2.3.4"\n    return Session(host, port)\n')
     assert Scrubber(ScrubSettings()).find(text, "db.py") == []
+    pins = "typing-extensions==3.10.0.2\nurllib3>=1.26.18.1\n"  # versions that look like addresses
+    assert Scrubber(ScrubSettings()).find(pins, "requirements.txt") == []
 
 
 def test_placeholders_are_stable_and_typed():
