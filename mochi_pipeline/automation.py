@@ -2,6 +2,9 @@
 
 - ``new_commit_sensor`` looks at repo.rev every ``automation.poll_interval_s`` and records a new
   commit as an observation of ``git_repository`` (no run of its own).
+- ``tracker_sensor`` looks at the configured issue trackers and CI systems every
+  ``automation.tracker_poll_interval_s`` and records their activity as an observation of
+  ``tracker_activity`` when it changed.
 - ``data_automation_sensor`` evaluates the data assets' conditions: an asset runs when what it reads
   got a new data version, and the whole chain below a new commit goes in one run.
 - ``model_automation_sensor``: training follows a changed dataset, at most once per tick of
@@ -12,6 +15,7 @@ version (an unchanged result) triggers nothing below it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +23,15 @@ import dagster as dg
 
 from mochi_pipeline.config import AutomationSettings
 from mochi_pipeline.incremental import DATA_VERSION_TAG
-from mochi_pipeline.ingestion.assets import REPOSITORY, observe_commit
-from mochi_pipeline.ingestion.settings import RepoSettings
+from mochi_pipeline.ingestion.assets import (
+    ACTIVITY,
+    REPOSITORY,
+    MissingToken,
+    observe_activity,
+    observe_commit,
+    service_resources,
+)
+from mochi_pipeline.ingestion.settings import CISettings, RepoSettings, TrackerSettings
 from mochi_pipeline.paths import ProjectPaths
 
 AC = dg.AutomationCondition
@@ -73,7 +84,8 @@ def with_conditions(assets: Sequence[Any], settings: AutomationSettings) -> list
     ]
 
 
-def build_defs(settings: AutomationSettings, repo: RepoSettings, paths: ProjectPaths) -> dg.Definitions:
+def build_defs(settings: AutomationSettings, repo: RepoSettings, trackers: TrackerSettings, ci: CISettings,
+               paths: ProjectPaths) -> dg.Definitions:
     @dg.sensor(
         minimum_interval_seconds=settings.poll_interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
@@ -90,6 +102,29 @@ def build_defs(settings: AutomationSettings, repo: RepoSettings, paths: ProjectP
         return dg.SensorResult(
             cursor=sha,
             asset_events=[dg.AssetObservation(REPOSITORY, tags={DATA_VERSION_TAG: sha}, metadata=metadata)],
+        )
+
+    @dg.sensor(
+        minimum_interval_seconds=settings.tracker_poll_interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Records when the configured issue trackers and CI systems last changed as an observation of "
+                    "tracker_activity; issue_threads and ci_failures follow. The cursor is the last version seen.",
+    )
+    def tracker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        try:
+            resources = service_resources(trackers, ci, environ=os.environ)
+            if not resources:
+                return dg.SkipReason("No issue tracker or CI system is set in mochi.yaml (trackers.*, ci.*).")
+            version, metadata = observe_activity(resources)
+        except MissingToken as err:
+            return dg.SkipReason(str(err))
+        except dg.Failure as err:
+            return dg.SkipReason(f"Cannot read a tracker: {err.description}")
+        if version == context.cursor:
+            return dg.SkipReason("Nothing changed on the trackers and CI systems.")
+        return dg.SensorResult(
+            cursor=version,
+            asset_events=[dg.AssetObservation(ACTIVITY, tags={DATA_VERSION_TAG: version}, metadata=metadata)],
         )
 
     data_sensor = dg.AutomationConditionSensorDefinition(
@@ -111,4 +146,4 @@ def build_defs(settings: AutomationSettings, repo: RepoSettings, paths: ProjectP
         dg.define_asset_job("retrain_job", selection=dg.AssetSelection.groups(*MODEL_GROUPS),
                             description="Fine-tune on the current dataset, evaluate, gate, merge and export."),
     ]
-    return dg.Definitions(sensors=[new_commit_sensor, data_sensor, model_sensor], jobs=jobs)
+    return dg.Definitions(sensors=[new_commit_sensor, tracker_sensor, data_sensor, model_sensor], jobs=jobs)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mochi_pipeline.config import CONFIG_ENV, CONFIG_FILE, ConfigError, MochiConfig, load_config
-from mochi_pipeline.ingestion.git_connector import redact
+from mochi_pipeline.ingestion.git_urls import redact
 from mochi_pipeline.storage import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the mochi checkout (workspace.yaml, dagster.yaml)
@@ -54,8 +54,10 @@ def _defs(cfg: MochiConfig):
     return build_defs(cfg)
 
 
-def _observe_repository(cfg: MochiConfig, instance) -> str:
-    """Record the commit repo.rev points at now (as the UI's observe and the commit sensor do); returns it."""
+def _observe_sources(cfg: MochiConfig, instance) -> str:
+    """Record the commit repo.rev points at now and when the trackers last changed (as the UI's observe and
+    the sensors do); returns the commit."""
+    _observe_trackers(cfg, instance)
     import dagster as dg
 
     from mochi_pipeline.ingestion.assets import observe_commit, record_commit
@@ -66,6 +68,24 @@ def _observe_repository(cfg: MochiConfig, instance) -> str:
         raise CLIError(err.description) from None
     record_commit(instance, sha, metadata)
     return sha
+
+
+def _observe_trackers(cfg: MochiConfig, instance) -> None:
+    """Record when the configured trackers and CI systems last changed (as the tracker sensor does)."""
+    import dagster as dg
+
+    from mochi_pipeline.ingestion.assets import MissingToken, observe_activity, record_activity, service_resources
+
+    try:
+        resources = service_resources(cfg.trackers, cfg.ci, environ=os.environ)
+    except MissingToken as err:
+        raise CLIError(str(err)) from None
+    if not resources:
+        return
+    try:
+        record_activity(instance, *observe_activity(resources))
+    except dg.Failure as err:
+        raise CLIError(err.description) from None
 
 
 def _plan(cfg: MochiConfig, defs, instance, wanted: set | None = None) -> tuple[list, list[str]]:
@@ -200,7 +220,7 @@ def cmd_run(args) -> None:
 
     cfg = load_config()
     defs, instance = _defs(cfg), _instance(cfg)
-    tags = {COMMIT_TAG: _observe_repository(cfg, instance)}
+    tags = {COMMIT_TAG: _observe_sources(cfg, instance)}
     if args.all or args.force:
         tags[FORCE_TAG] = "true"
     if args.select:
@@ -219,7 +239,7 @@ def cmd_status(args) -> None:
 
     cfg = load_config()
     defs, instance = _defs(cfg), _instance(cfg)
-    _observe_repository(cfg, instance)
+    _observe_sources(cfg, instance)
     print(f"Project: {redact(cfg.repo_source)} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
     for key, item in asset_statuses(defs, instance).items():
         causes = item.causes
@@ -256,7 +276,7 @@ def cmd_export(args) -> None:
     from mochi_pipeline.ingestion.assets import COMMIT_TAG
 
     defs, instance = _defs(cfg), _instance(cfg)
-    tags = {COMMIT_TAG: _observe_repository(cfg, instance)}
+    tags = {COMMIT_TAG: _observe_sources(cfg, instance)}
     keys, notes = _plan(cfg, defs, instance, wanted=set(_select(defs, [f"+{name}" for name in EXPORT_ASSETS])))
     _execute(defs, instance, keys, tags, notes)
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")

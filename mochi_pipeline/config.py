@@ -16,9 +16,15 @@ from pydantic import Field, ValidationError, field_validator
 
 from mochi_pipeline.data_generation.settings import GenerationSettings
 from mochi_pipeline.deployment.settings import ExportSettings
-from mochi_pipeline.ingestion.settings import RepoSettings, SourceSettings
+from mochi_pipeline.ingestion.settings import CISettings, RepoSettings, SourceSettings, TrackerSettings
 from mochi_pipeline.paths import ProjectPaths
-from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings, FilterSettings, ScrubSettings
+from mochi_pipeline.preprocessing.settings import (
+    ChunkingSettings,
+    DedupSettings,
+    FilterSettings,
+    ScrubSettings,
+    ThreadCleaningSettings,
+)
 from mochi_pipeline.settings_base import Section
 from mochi_pipeline.training.settings import TrainingSettings
 
@@ -37,6 +43,9 @@ class AutomationSettings(Section):
         True, description="Rebuild the data assets (ingestion → training_dataset) after each new commit on repo.rev."
     )
     poll_interval_s: int = Field(60, ge=30, description="Seconds between two looks for a new commit.")
+    tracker_poll_interval_s: int = Field(
+        3600, ge=60, description="Seconds between two looks at the issue trackers and CI systems (one request each)."
+    )
     retrain_cron: str = Field(
         "0 3 * * *",
         description="Retrain when the training dataset changed, at most once per tick of this cron schedule; "
@@ -77,8 +86,11 @@ class MochiConfig(Section):
         "", description="Where every artifact is written; '' = <repository>/.mochi (git-ignored)."
     )
     sources: SourceSettings = Field(default_factory=SourceSettings)
+    trackers: TrackerSettings = Field(default_factory=TrackerSettings)
+    ci: CISettings = Field(default_factory=CISettings)
     filters: FilterSettings = Field(default_factory=FilterSettings)
     scrub: ScrubSettings = Field(default_factory=ScrubSettings)
+    threads: ThreadCleaningSettings = Field(default_factory=ThreadCleaningSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
@@ -91,7 +103,7 @@ class MochiConfig(Section):
 
     @property
     def is_remote(self) -> bool:
-        from mochi_pipeline.ingestion.git_connector import is_remote_source
+        from mochi_pipeline.ingestion.git_urls import is_remote_source
 
         return is_remote_source(self.repo.source)
 

@@ -23,7 +23,8 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
     paths = cfg.paths
     layers = [
         ingestion.build_defs(cfg.repo, cfg.sources, paths),
-        preprocessing.build_defs(cfg.chunking, cfg.dedup, cfg.filters, cfg.scrub, paths),
+        ingestion.build_tracker_defs(cfg.trackers, cfg.ci, paths),
+        preprocessing.build_defs(cfg.chunking, cfg.dedup, cfg.filters, cfg.scrub, cfg.threads, paths),
         data_generation.build_defs(cfg.generation, cfg.scrub, paths),
         training.build_defs(cfg.training, paths),
         deployment.build_defs(cfg.export, paths),
@@ -39,7 +40,7 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
             asset_checks=[c for layer in layers for c in layer.asset_checks or []],
             resources=resources,
         ),
-        automation.build_defs(cfg.automation, cfg.repo, paths),
+        automation.build_defs(cfg.automation, cfg.repo, cfg.trackers, cfg.ci, paths),
     )
 
 

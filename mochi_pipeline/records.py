@@ -63,6 +63,7 @@ class Commit(Record):
     date: str = Field(description="ISO-8601 committer date.")
     message: str
     files: list[FileDiff] = []
+    tags: list[str] = Field([], description="Tags pointing at this commit (annotated tags peeled), sorted.")
 
 
 class CodeBlock(Record):
@@ -79,6 +80,58 @@ class DocSection(Record):
     start_line: int
     end_line: int
     format: str = Field(description="markdown, rst, asciidoc or text.")
+
+
+class ThreadComment(Record):
+    """One comment of an issue / pull request / merge request thread, or a review comment on a diff line."""
+
+    author: str = Field(description="The account's login (pseudonymised by clean_issue_threads).")
+    body: str
+    created_at: str = Field(description="ISO-8601 UTC.")
+    kind: str = Field("comment", description="comment, review (a review's summary) or review_comment (on a line).")
+    path: str = Field("", description="File a review comment is on, '' otherwise.")
+    accepted: bool = Field(False, description="Marked as the answer (a discussion's accepted answer).")
+    author_is_bot: bool = False
+
+
+class IssueThread(Record):
+    """An issue, pull request or merge request of a tracker, with its discussion and what closed it."""
+
+    tracker: str = Field(description="github, gitlab or jira.")
+    project: str = Field(description="owner/name, group/project path or Jira project key.")
+    number: str = Field(description="The tracker's own id: '123' (GitHub, GitLab iid) or 'PROJ-123' (Jira).")
+    kind: str = Field(description="issue, pull_request or merge_request.")
+    title: str
+    body: str = ""
+    author: str = ""
+    author_is_bot: bool = False
+    state: str = Field(description="open, closed or merged.")
+    labels: list[str] = []
+    created_at: str = ""
+    updated_at: str = Field("", description="ISO-8601 UTC; the incremental cursor is the newest of these.")
+    closed_at: str = ""
+    url: str = ""
+    comments: list[ThreadComment] = []
+    closing_commits: list[str] = Field(
+        [], description="SHAs of the commits that closed it (a merged request: its merge or squash commit)."
+    )
+    closed_by: list[str] = Field([], description="Numbers of the pull/merge requests that closed this issue.")
+
+
+class CIFailure(Record):
+    """A failed CI job, reduced to its error excerpt, and the commit whose run of the same job passed next."""
+
+    system: str = Field(description="github_actions or gitlab_ci.")
+    project: str
+    pipeline: str = Field(description="Workflow (GitHub Actions) or pipeline (GitLab) name.")
+    job: str = Field(description="The failed job's name.")
+    job_id: str
+    url: str = ""
+    commit: str = Field(description="SHA the job failed on.")
+    branch: str = ""
+    failed_at: str = Field(description="ISO-8601 UTC.")
+    excerpt: str = Field(description="The error lines of the log, ANSI codes, timestamps and progress noise removed.")
+    fixed_by: str = Field("", description="SHA of the next commit on the same branch whose run of the job passed.")
 
 
 # --- preprocessing ---------------------------------------------------------------------------

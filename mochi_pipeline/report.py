@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mochi_pipeline.config import MochiConfig
-from mochi_pipeline.ingestion.git_connector import redact
+from mochi_pipeline.ingestion.git_urls import redact
 
 # Metadata too long for a terminal line (tables, images) is shown only for these assets.
 FULL_TEXT_ASSETS = {"evaluation_report"}
@@ -35,6 +35,8 @@ def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Defini
         facts = [f"{k}={s}" for k, v in metadata.items()
                  if (s := _short(v)) is not None and not k.startswith(("dagster/", "mochi/")) and k != "gate"]
         print(f"{name}: " + ("; ".join(facts) if facts else "materialized"))
+        if "by_source" in metadata:
+            print(f"\nTraining examples by source:\n{metadata['by_source'].value.strip()}\n")
         if name in FULL_TEXT_ASSETS:
             for v in metadata.values():
                 if isinstance(v.value, str) and "\n" in v.value and "data:image" not in v.value:

@@ -55,5 +55,5 @@ def test_webserver_shows_the_asset_graph(tmp_path, sample_repo):
     repo = data["repositoriesOrError"]["nodes"][0]
     assert {"data_refresh_job", "retrain_job"} <= {j["name"] for j in repo["jobs"]}
     assert repo["schedules"] == []
-    assert {s["name"] for s in repo["sensors"]} == {"new_commit_sensor", "data_automation_sensor",
+    assert {s["name"] for s in repo["sensors"]} == {"new_commit_sensor", "tracker_sensor", "data_automation_sensor",
                                                      "model_automation_sensor"}

@@ -15,17 +15,17 @@ import orjson
 
 from mochi_pipeline.data_generation import commit_pairs as commit_logic
 from mochi_pipeline.data_generation import completion_pairs as completion_logic
-from mochi_pipeline.data_generation import dataset_builder, leak_scan
+from mochi_pipeline.data_generation import dataset_builder, leak_scan, tracker_pairs
 from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs as map_docs_to_code
 from mochi_pipeline.data_generation.llm_client import QALLM, OfflineQA, OpenAICompatibleQA, QAEndpointError
 from mochi_pipeline.data_generation.qa_generator import qa_pairs as ask_qa_pairs
 from mochi_pipeline.data_generation.settings import GenerationSettings, QASettings
 from mochi_pipeline.incremental import checked, reuse
-from mochi_pipeline.metadata import png_markdown, records_hash
+from mochi_pipeline.metadata import md_table, png_markdown, records_hash
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.settings import ScrubSettings
-from mochi_pipeline.records import Chunk, Commit, DocSection, TrainingExample
+from mochi_pipeline.records import Chunk, CIFailure, Commit, DocSection, IssueThread, TrainingExample
 from mochi_pipeline.storage import atomic_write_bytes
 
 GROUP = "data_generation"
@@ -79,6 +79,10 @@ CHECKS = {
 }
 
 
+# Generators that are empty unless a tracker or CI system is set: not worth a warning.
+OPTIONAL_SOURCES = ("issue_pairs", "ci_fix_pairs")
+
+
 def _why_empty(sources: dict[str, list[TrainingExample]]) -> str:
     reasons = {
         "completion_pairs": NO_CODE,
@@ -86,8 +90,20 @@ def _why_empty(sources: dict[str, list[TrainingExample]]) -> str:
         "commit_pairs": "no usable commit (none, or only merges, bot and trivial commits; see commit_pairs metadata)",
         "qa_pairs": "no named definitions to ask about",
     }
-    lines = [f"  - {name}: 0 examples ({reasons[name]})" for name, ex in sources.items() if not ex]
+    lines = [f"  - {name}: 0 examples ({reasons[name]})" for name, ex in sources.items() if name in reasons and not ex]
     return "The training dataset would be empty:\n" + "\n".join(lines)
+
+
+SOURCES = {
+    "completion_pairs": "code", "doc_code_mapping": "docs + code", "commit_pairs": "git history",
+    "qa_generator": "code (Q&A)", "issue_pairs": "issue trackers", "ci_fix_pairs": "CI logs",
+}
+
+
+def _by_source(counts: dict[str, dict[str, int]]) -> str:
+    """Examples per generator and split, with where they come from (a table for the UI and `mochi report`)."""
+    rows = [(gen, SOURCES.get(gen, gen), split.get("train", 0), split.get("eval", 0)) for gen, split in counts.items()]
+    return md_table(["generator", "source", "train", "eval"], rows)
 
 
 def _histogram_png(rows: dict[str, list[dict]]) -> bytes:
@@ -266,6 +282,36 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         yield _examples_output(context, "qa_pairs", examples, missing, backend=type(qa_llm).__name__,
                                outcomes=dg.MetadataValue.json(dict(batch.outcomes)))
 
+    @dg.asset(group_name=GROUP, kinds={"python", "git"},
+              code_version=f"{LOGIC_VERSION}-{tracker_pairs.PAIRS_VERSION}-{gen.trackers.signature()}")
+    def issue_pairs(context: dg.AssetExecutionContext, clean_issue_threads: list[IssueThread],
+                    clean_commits: list[Commit]) -> Iterator:
+        """Closed issues -> the change that resolved them, merged pull/merge requests -> their change, and
+        discussions with an accepted answer -> question and answer."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        resolutions, skipped = tracker_pairs.issue_resolution_pairs(clean_issue_threads, clean_commits, gen.trackers)
+        answers, unanswered = tracker_pairs.discussion_qa_pairs(clean_issue_threads, gen.trackers)
+        missing = "" if clean_issue_threads else "no issue threads (no tracker set in mochi.yaml, or none kept)"
+        yield _examples_output(
+            context, "issue_pairs", resolutions + answers, missing, n_threads=len(clean_issue_threads),
+            skipped=dg.MetadataValue.json(dict(skipped + unanswered)),
+        )
+
+    @dg.asset(group_name=GROUP, kinds={"python", "git"},
+              code_version=f"{LOGIC_VERSION}-{tracker_pairs.PAIRS_VERSION}-{gen.trackers.signature()}")
+    def ci_fix_pairs(context: dg.AssetExecutionContext, clean_ci_failures: list[CIFailure],
+                     clean_commits: list[Commit]) -> Iterator:
+        """Failed CI jobs (their error excerpt) -> the change of the commit that made the job pass again."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        examples, skipped = tracker_pairs.ci_fix_pairs(clean_ci_failures, clean_commits, gen.trackers)
+        missing = "" if clean_ci_failures else "no CI failures (no CI system set in mochi.yaml, or none failed)"
+        yield _examples_output(context, "ci_fix_pairs", examples, missing, n_failures=len(clean_ci_failures),
+                               skipped=dg.MetadataValue.json(dict(skipped)))
+
     @dg.asset(
         group_name=GROUP,
         kinds={"huggingface", "json"},
@@ -277,8 +323,12 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
     )
     def training_dataset(context: dg.AssetExecutionContext, completion_pairs: list[TrainingExample],
                          doc_code_pairs: list[TrainingExample], commit_pairs: list[TrainingExample],
-                         qa_pairs: list[TrainingExample]) -> Iterator:
-        """All examples, split by time into train/eval, decontaminated, mixed, saved as HF datasets + JSONL."""
+                         qa_pairs: list[TrainingExample], issue_pairs: list[TrainingExample],
+                         ci_fix_pairs: list[TrainingExample], clean_commits: list[Commit]) -> Iterator:
+        """All examples, split by time into train/eval, decontaminated, mixed, saved as HF datasets + JSONL.
+
+        ``clean_commits`` gives the date of generation.dataset.eval_since_tag's commit, when that is set.
+        """
         if (events := reuse(context, root, still_valid=lambda a: Path(a.hf_path).is_dir())) is not None:
             yield from events
             return
@@ -287,19 +337,24 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             "doc_code_pairs": doc_code_pairs,
             "commit_pairs": commit_pairs,
             "qa_pairs": qa_pairs,
+            "issue_pairs": issue_pairs,
+            "ci_fix_pairs": ci_fix_pairs,
         }
         if not any(sources.values()):
             raise dg.Failure(description=_why_empty(sources))
-        empty_sources = [name for name, ex in sources.items() if not ex]
+        empty_sources = [name for name, ex in sources.items() if not ex and name not in OPTIONAL_SOURCES]
         if empty_sources:
             context.log.warning(f"These generators produced nothing: {', '.join(empty_sources)}.")
         examples = [ex for items in sources.values() for ex in items]
         store = dataset_builder.signature_store(root / "cache", gen.dataset)
         signatures = store.load()  # texts seen in earlier builds are not hashed again
-        split = dataset_builder.split_examples(
-            examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share, random_share=gen.eval_random_share,
-            signatures=signatures,
-        )
+        try:
+            split = dataset_builder.split_examples(
+                examples, gen.dataset, seed=gen.seed, time_share=gen.eval_time_share,
+                random_share=gen.eval_random_share, signatures=signatures, commits=clean_commits,
+            )
+        except dataset_builder.UnknownTagError as err:
+            raise dg.Failure(description=str(err)) from None
         current = {text_key(r["text"]) for rows in split.rows.values() for r in rows}
         store.save({k: v for k, v in signatures.items() if k in current})
         try:
@@ -319,6 +374,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             "n_examples": dg.MetadataValue.json(artifact.n_examples),
             "n_tokens": dg.MetadataValue.json(artifact.n_tokens),
             "by_generator": dg.MetadataValue.json(artifact.counts),
+            "by_source": dg.MetadataValue.md(_by_source(artifact.counts)),
             "by_task": dg.MetadataValue.json(artifact.task_counts),
             "dropped": dg.MetadataValue.json(artifact.dropped),
             "eval_sources": dg.MetadataValue.json(artifact.eval_sources),
@@ -331,6 +387,6 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         yield from checked(output, [*_check_results(artifact, gen.dataset.max_generator_share), _leak_check(leaks)])
 
     return dg.Definitions(
-        assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, training_dataset],
+        assets=[completion_pairs, doc_code_pairs, commit_pairs, qa_pairs, issue_pairs, ci_fix_pairs, training_dataset],
         resources={"qa_llm": qa_writer(gen.qa)},
     )

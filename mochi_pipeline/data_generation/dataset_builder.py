@@ -1,8 +1,9 @@
 """The training dataset: examples of every generator, split by time, decontaminated, mixed, saved.
 
 1. exact duplicates (same instruction, context and response) are dropped;
-2. eval = the newest sources (a commit, else a file) up to ``eval_time_share`` of the examples, plus
-   a seeded ``eval_random_share`` of the rest (drawn per example, so independent of order);
+2. eval = the newest sources (a commit, else a file) up to ``eval_time_share`` of the examples (or, with
+   ``dataset.eval_since_tag``, every example dated after that tag's commit), plus a seeded
+   ``eval_random_share`` of the rest (drawn per example, so independent of order);
 3. training examples that equal an eval item (same response or same text) or are near duplicates of
    one (MinHash over token n-grams, estimated Jaccard >= threshold) are dropped;
 4. generators above their ``max_generator_share`` of the training split are downsampled (seeded);
@@ -17,6 +18,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import datasets
@@ -27,7 +29,7 @@ from pydantic import Field
 
 from mochi_pipeline.data_generation.settings import DatasetSettings
 from mochi_pipeline.preprocessing import minhash
-from mochi_pipeline.records import Record, TrainingExample
+from mochi_pipeline.records import Commit, Record, TrainingExample
 from mochi_pipeline.storage import atomic_directory, content_hash
 
 SPLITS = ("train", "eval")
@@ -54,6 +56,10 @@ FEATURES = datasets.Features(
 
 class EmptyDatasetError(ValueError):
     """No training example could be made; the message says which inputs were missing."""
+
+
+class UnknownTagError(ValueError):
+    """``generation.dataset.eval_since_tag`` names no tag of the history read; the message lists the known ones."""
 
 
 class TrainingDatasetArtifact(Record):
@@ -126,12 +132,32 @@ def source_key(ex: TrainingExample) -> str:
     return f"commit:{ex.commit}" if ex.commit else f"file:{ex.path}"
 
 
+def _instant(date: str) -> datetime:
+    when = datetime.fromisoformat(date)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def tag_date(commits: list[Commit], tag: str) -> str:
+    """Committer date of the commit ``tag`` points at, from the history read (``Commit.tags``)."""
+    for c in commits:
+        if tag in c.tags:
+            return c.date
+    known = sorted({t for c in commits for t in c.tags})
+    listed = ", ".join(known[:30]) + (f" (and {len(known) - 30} more)" if len(known) > 30 else "") if known else "none"
+    raise UnknownTagError(
+        f"generation.dataset.eval_since_tag = {tag!r} is not a tag of the {len(commits)} commits read. "
+        f"Known tags: {listed}. Set it to one of them, or to '' to hold out by generation.eval_time_share "
+        "(a tag on an older commit needs a larger repo.max_commits; on another branch, repo.branches)."
+    )
+
+
 def time_split(
     examples: list[TrainingExample], time_share: float, random_share: float, seed: int,
-    ids: list[str] | None = None,
+    ids: list[str] | None = None, after: str = "",
 ) -> tuple[set[str], list[str]]:
     """Ids of eval examples (and the sources held out): the newest sources, then a per-example seeded random share.
 
+    ``after`` (an ISO-8601 date, e.g. a tag's): every example dated after it instead of the newest sources.
     ``ids`` are the examples' ``example_id``s when already known.
     """
     ids = ids or [example_id(ex) for ex in examples]
@@ -141,18 +167,25 @@ def time_split(
         key = source_key(ex)
         newest[key] = max(newest.get(key, ""), ex.date)
         sizes[key] += 1
-    budget = math.floor(time_share * len(examples))
-    held: list[str] = []
-    taken = 0
-    # Newest first; sources without a date (and ties) come in a seeded order, so undated input still gets an eval split.
-    order = sorted(newest, key=lambda k: (newest[k], random.Random(f"{seed}:{k}").random()), reverse=True)
-    for key in order:
-        if taken + sizes[key] > budget or len(held) + 1 >= len(newest):
-            continue  # a big source may not fit; smaller, slightly older ones still can
-        held.append(key)
-        taken += sizes[key]
-    held_set = set(held)
-    eval_ids = {ex_id for ex, ex_id in zip(examples, ids, strict=True) if source_key(ex) in held_set}
+    if after:
+        cutoff = _instant(after)
+        late = [(ex, ex_id) for ex, ex_id in zip(examples, ids, strict=True) if ex.date and _instant(ex.date) > cutoff]
+        eval_ids = {ex_id for _, ex_id in late}
+        held = sorted({source_key(ex) for ex, _ in late}, key=lambda k: newest[k], reverse=True)
+    else:
+        budget = math.floor(time_share * len(examples))
+        held = []
+        taken = 0
+        # Newest first; sources without a date (and ties) come in a seeded order, so undated input still gets an
+        # eval split.
+        order = sorted(newest, key=lambda k: (newest[k], random.Random(f"{seed}:{k}").random()), reverse=True)
+        for key in order:
+            if taken + sizes[key] > budget or len(held) + 1 >= len(newest):
+                continue  # a big source may not fit; smaller, slightly older ones still can
+            held.append(key)
+            taken += sizes[key]
+        held_set = set(held)
+        eval_ids = {ex_id for ex, ex_id in zip(examples, ids, strict=True) if source_key(ex) in held_set}
     for ex_id in ids:
         if ex_id not in eval_ids and random.Random(f"{seed}:{ex_id}").random() < random_share:
             eval_ids.add(ex_id)
@@ -253,9 +286,13 @@ def mix_violations(rows: list[dict], max_share: dict[str, float]) -> dict[str, f
 
 def split_examples(
     examples: list[TrainingExample], settings: DatasetSettings, *, seed: int, time_share: float, random_share: float,
-    signatures: dict | None = None,
+    signatures: dict | None = None, commits: list[Commit] | None = None,
 ) -> SplitResult:
-    """Split, decontaminate and mix; ``signatures`` (text key -> signed text, see ``sign``) are reused and filled."""
+    """Split, decontaminate and mix; ``signatures`` (text key -> signed text, see ``sign``) are reused and filled.
+
+    ``commits``: the history, where ``settings.eval_since_tag`` is looked up (every example after its commit is eval).
+    """
+    eval_after = tag_date(commits or [], settings.eval_since_tag) if settings.eval_since_tag else ""
     signatures = {} if signatures is None else signatures
     result = SplitResult()
     unique: dict[str, TrainingExample] = {}
@@ -270,7 +307,7 @@ def split_examples(
             unique[ex_id] = ex
     ids = sorted(unique)
     ordered = [unique[i] for i in ids]
-    eval_ids, result.eval_sources = time_split(ordered, time_share, random_share, seed, ids=ids)
+    eval_ids, result.eval_sources = time_split(ordered, time_share, random_share, seed, ids=ids, after=eval_after)
     texts = [raw_text(ex) for ex in ordered]
     keys = [minhash.text_key(t) for t in texts]
     counts = [n for _, n in sign(texts, settings, signatures, keys)]
@@ -296,7 +333,8 @@ def _counts(rows: dict[str, list[dict]], key: str) -> dict[str, dict[str, int]]:
 
 def write_dataset(split: SplitResult, out_dir: Path) -> TrainingDatasetArtifact:
     if not split.rows.get("train"):
-        raise EmptyDatasetError("every example went to eval or was dropped; lower generation.eval_time_share")
+        raise EmptyDatasetError("every example went to eval or was dropped; lower generation.eval_time_share "
+                                "(or name a later tag in generation.dataset.eval_since_tag)")
     jsonl = {s: b"".join(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) + b"\n" for r in split.rows[s])
              for s in SPLITS}
     digest = content_hash(*(jsonl[s] for s in SPLITS))

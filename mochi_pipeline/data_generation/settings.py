@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from mochi_pipeline.settings_base import Section
 
-GENERATORS = ("completion_pairs", "doc_code_mapping", "commit_pairs", "qa_generator")
+GENERATORS = ("completion_pairs", "doc_code_mapping", "commit_pairs", "qa_generator", "issue_pairs", "ci_fix_pairs")
 
 
 class QASettings(Section):
@@ -93,6 +93,10 @@ class DatasetSettings(Section):
     )
     decontamination_ngram: int = Field(5, ge=1, description="Token n-gram size of the decontamination shingles.")
     decontamination_num_perm: int = Field(128, ge=16, description="MinHash permutations used for decontamination.")
+    eval_since_tag: str = Field(
+        "", description="A tag (e.g. v2.0): every example dated after its commit goes to eval, instead of "
+        "generation.eval_time_share's newest sources; the random share still applies. '' = off."
+    )
 
     @field_validator("max_generator_share")
     @classmethod
@@ -103,6 +107,27 @@ class DatasetSettings(Section):
             if not 0 < share <= 1:
                 raise ValueError(f"share of {name} must be in (0, 1], got {share}")
         return value
+
+
+class TrackerPairSettings(Section):
+    """Examples from issue threads and CI failures (see data_generation/tracker_pairs.py)."""
+
+    max_diff_chars: int = Field(
+        6000, ge=200, description="Diff text of one change in a response; longer diffs are cut per file (each file "
+        "an equal share), files that no longer fit are named."
+    )
+    max_thread_chars: int = Field(
+        6000, ge=200, description="Thread text (title, body, discussion) of one example; later comments that no "
+        "longer fit are left out and counted in the text."
+    )
+    max_log_chars: int = Field(4000, ge=200, description="CI log excerpt of one example; longer ones keep their end "
+                               "(where the error is).")
+    min_answer_chars: int = Field(40, ge=1, description="Accepted answers shorter than this are skipped "
+                                  "(short_answer).")
+    max_commits: int = Field(5, ge=1, description="Issues closed by more commits than this are skipped "
+                             "(too_many_commits): the change is spread out, not one fix.")
+    pr_changes: bool = Field(True, description="Also turn each merged pull/merge request (description and review "
+                             "discussion) into an example whose response is its merge commit's change.")
 
 
 class GenerationSettings(Section):
@@ -119,3 +144,4 @@ class GenerationSettings(Section):
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     commits: CommitSettings = Field(default_factory=CommitSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    trackers: TrackerPairSettings = Field(default_factory=TrackerPairSettings)

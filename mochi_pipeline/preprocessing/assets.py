@@ -1,10 +1,12 @@
 """Dagster assets of the preprocessing layer (thin wrappers over the logic modules beside this file).
 
-``build_defs`` makes them from the ``filters``, ``scrub``, ``chunking`` and ``dedup`` sections of
-mochi.yaml; each asset's code version names its logic and the settings it reads. Everything after
-``clean_files`` and ``clean_commits`` sees only filtered, scrubbed text.
+``build_defs`` makes them from the ``filters``, ``scrub``, ``threads``, ``chunking`` and ``dedup``
+sections of mochi.yaml; each asset's code version names its logic and the settings it reads.
+Everything after ``clean_files``, ``clean_commits``, ``clean_issue_threads`` and ``clean_ci_failures``
+sees only filtered, scrubbed text.
 """
 
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
@@ -17,14 +19,21 @@ from mochi_pipeline.ingestion.doc_parser import parse_document
 from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.paths import ProjectPaths
-from mochi_pipeline.preprocessing import cleaning
+from mochi_pipeline.preprocessing import cleaning, thread_cleaning
 from mochi_pipeline.preprocessing.cleaning import CLEANER_VERSION, CleanStats
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
 from mochi_pipeline.preprocessing.minhash import text_key
-from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings, FilterSettings, ScrubSettings
-from mochi_pipeline.records import Chunk, Commit, DocSection, SourceFile
+from mochi_pipeline.preprocessing.settings import (
+    ChunkingSettings,
+    DedupSettings,
+    FilterSettings,
+    ScrubSettings,
+    ThreadCleaningSettings,
+)
+from mochi_pipeline.preprocessing.thread_cleaning import THREAD_CLEANER_VERSION
+from mochi_pipeline.records import Chunk, CIFailure, Commit, DocSection, IssueThread, SourceFile
 
 GROUP = "preprocessing"
 PREVIEW_ROWS = 20
@@ -63,7 +72,7 @@ def _clean_metadata(stats: CleanStats, before: int, after: int, what: str) -> di
 
 
 def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: FilterSettings, scrub: ScrubSettings,
-               paths: ProjectPaths) -> dg.Definitions:
+               threads: ThreadCleaningSettings, paths: ProjectPaths) -> dg.Definitions:
     root = paths.artifacts
 
     @dg.asset(
@@ -256,4 +265,46 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         yield from checked(output, [dg.AssetCheckResult(
             check_name="no_exact_duplicates_left", passed=repeats == 0, metadata={"exact_duplicates": repeats})])
 
-    return dg.Definitions(assets=[clean_files, clean_commits, doc_sections, code_chunks, deduplicated_chunks])
+    @dg.asset(group_name=GROUP, kinds={"python"},
+              code_version=f"threads{THREAD_CLEANER_VERSION}-{threads.signature()}-{scrub.signature()}")
+    def clean_issue_threads(context: dg.AssetExecutionContext, issue_threads: list[IssueThread]) -> Iterator:
+        """Issue and pull/merge request threads worth learning from: bot accounts dropped, user names
+        pseudonymised consistently, quoted replies and templates trimmed, too short or huge threads dropped,
+        secrets and personal data replaced by typed placeholders; every drop counted by reason."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        # Read at run time, never at import: a secret mixed into the pseudonyms so they cannot be confirmed.
+        secret = os.environ.get(threads.pseudonym_key_env, "")
+        cleaned, stats = thread_cleaning.clean_issue_threads(issue_threads, threads, scrub, secret=secret)
+        context.log.info(f"Kept {len(cleaned)} of {len(issue_threads)} threads; dropped {dict(stats.dropped)}")
+        preview = md_table(["thread", "kind", "state", "comments", "title"],
+                           [(f"{t.tracker}:{t.project}#{t.number}", t.kind, t.state, len(t.comments), t.title)
+                            for t in cleaned[:PREVIEW_ROWS]])
+        yield dg.Output(cleaned, data_version=dg.DataVersion(records_hash(cleaned)), metadata={
+            "threads": len(cleaned),
+            "input": len(issue_threads),
+            **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in stats.metadata().items()},
+            "pseudonym_key": "secret" if secret else f"project name only ({threads.pseudonym_key_env} not set)",
+            "preview": dg.MetadataValue.md(preview),
+        })
+
+    @dg.asset(group_name=GROUP, kinds={"python"},
+              code_version=f"threads{THREAD_CLEANER_VERSION}-{threads.signature()}-{scrub.signature()}")
+    def clean_ci_failures(context: dg.AssetExecutionContext, ci_failures: list[CIFailure]) -> Iterator:
+        """Failed CI jobs whose error excerpts passed the scrubber (tokens, addresses, user names in paths)."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        cleaned, stats = thread_cleaning.clean_ci_failures(ci_failures, scrub, threads)
+        preview = md_table(["system", "job", "commit", "fixed by"],
+                           [(f.system, f.job, f.commit[:10], f.fixed_by[:10] or "-") for f in cleaned[:PREVIEW_ROWS]])
+        yield dg.Output(cleaned, data_version=dg.DataVersion(records_hash(cleaned)), metadata={
+            "failures": len(cleaned),
+            "input": len(ci_failures),
+            **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in stats.metadata().items()},
+            "preview": dg.MetadataValue.md(preview),
+        })
+
+    return dg.Definitions(assets=[clean_files, clean_commits, doc_sections, code_chunks, deduplicated_chunks,
+                                  clean_issue_threads, clean_ci_failures])

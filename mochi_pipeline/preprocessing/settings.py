@@ -97,3 +97,47 @@ class FilterSettings(Section):
                                       "([] = any). A file without an SPDX header has the repository's license.")
     licenses_deny: list[str] = Field(default_factory=list, description="SPDX ids whose files are dropped, "
                                      "e.g. [AGPL-3.0-only, GPL-3.0-only].")
+
+
+class ThreadCleaningSettings(Section):
+    """How issue / pull request threads and CI logs are cleaned (see preprocessing/thread_cleaning.py)."""
+
+    min_chars: int = Field(100, ge=0, description="Threads with less text than this after cleaning (title, body "
+                           "and comments) are dropped (too_short).")
+    max_chars: int = Field(60_000, ge=1, description="Threads with more text than this after cleaning are dropped "
+                           "(too_long): release trackers and pasted logs, not a discussion.")
+    max_comments: int = Field(50, ge=0, description="Comments kept per thread: the first ones (the problem and its "
+                              "discussion; later ones are mostly follow-ups), plus an accepted answer wherever it is.")
+    bot_logins: list[str] = Field(
+        default_factory=lambda: ["*[bot]", "*-bot", "*_bot", "dependabot*", "renovate*", "codecov*",
+                                 "github-actions", "coveralls", "greenkeeper*", "mergify*", "pre-commit-ci*",
+                                 "allcontributors*", "sonarcloud*", "netlify*", "vercel*", "gitlab-bot", "jenkins*"],
+        description="Logins of bots, case-insensitive, '*' the only wildcard: their comments are dropped, threads "
+        "they opened too (as is anything the tracker marks as a bot).",
+    )
+    noise_comments: list[str] = Field(
+        default_factory=lambda: ["+1", "-1", "me too", "same here", "same issue", "same problem", "any update",
+                                 "any updates", "bump", "thanks", "thank you", "ping"],
+        description="Comments that are only this (case-insensitive, punctuation ignored) carry nothing and are "
+        "dropped; so are comments without a word (emoji only).",
+    )
+    template_min_threads: int = Field(5, ge=0, description="A line of a thread's opening post that recurs in the "
+                                      "opening posts of at least this many threads of the project is issue-template "
+                                      "boilerplate and removed (0 = off).")
+    bare_login_min_chars: int = Field(4, ge=0, description="Participants' logins at least this long are also "
+                                      "pseudonymised where they appear as a bare word (paths, 'thanks alice'), not "
+                                      "only as @mentions (0 = only @mentions).")
+    pseudonymise_all_mentions: bool = Field(True, description="Pseudonymise every @mention in prose, not only those "
+                                            "of the thread's participants (code spans: participants only).")
+    impersonal_home_dirs: list[str] = Field(
+        default_factory=lambda: ["runner", "runneradmin", "root", "ubuntu", "user", "admin", "circleci", "travis",
+                                 "vsts", "jenkins", "gitlab-runner", "docker", "build", "builder", "vagrant",
+                                 "ec2-user", "appveyor", "buildkite-agent", "public", "shared", "default"],
+        description="Home directory names that identify nobody (CI runners, containers): kept. Any other name in "
+        "/home/NAME, /Users/NAME or C:\\Users\\NAME becomes <USER>.",
+    )
+    pseudonym_key_env: str = Field(
+        "MOCHI_PSEUDONYM_KEY", description="Environment variable holding a secret mixed into the pseudonym key. "
+        "Unset, the key derives from the project name alone: pseudonyms stay stable, but someone who knows the "
+        "project and a login can confirm that login's pseudonym.",
+    )

@@ -90,3 +90,30 @@ def test_repo_without_code_fails_naming_why(sample_repo, tmp_path):
     assert not (cfg.artifacts_path / "dataset").exists()
     first_line = (cfg.artifacts_path / "assets" / "completion_pairs.jsonl").read_text().splitlines()[0]
     assert json.loads(first_line)["many"]
+
+
+def test_eval_since_tag_holds_out_what_came_after_the_tagged_commit(sample_repo, tmp_path):
+    import shutil
+    from datetime import datetime
+
+    from mochi_pipeline_tests.repo_factory import git
+
+    repo_dir = tmp_path / "tagged"
+    shutil.copytree(sample_repo, repo_dir)
+    git(repo_dir, "tag", "v1.0", git(repo_dir, "log", "-1", "--format=%H", "--grep=Bump dependencies"))
+    tag_date = datetime.fromisoformat("2024-04-03T10:00:00+00:00")
+    tagged = {"eval_random_share": 0.0, "dataset": {"eval_since_tag": "v1.0"}}
+    cfg, result = run(tmp_path, repo_dir, generation=tagged)
+    meta = metadata(result, "training_dataset")
+    stored = read_asset_file(cfg.artifacts_path / "assets" / "training_dataset.json")
+    rows = {split: [json.loads(line) for line in open(stored.jsonl[split])] for split in ("train", "eval")}
+    assert rows["eval"] and all(datetime.fromisoformat(r["date"]) > tag_date for r in rows["eval"])
+    assert all(not r["date"] or datetime.fromisoformat(r["date"]) <= tag_date for r in rows["train"])
+    assert "file:pkg/util.py" in meta["eval_sources"]
+
+    # An unknown tag fails training_dataset alone (its inputs are read back from the stored artifacts).
+    _, failed = run(tmp_path, repo_dir, ["training_dataset"], raise_on_error=False,
+                    generation={**tagged, "dataset": {"eval_since_tag": "v9"}})
+    failure = next(e for e in failed.all_events if e.is_step_failure and e.step_key == "training_dataset")
+    message = failure.step_failure_data.user_failure_data.description
+    assert "generation.dataset.eval_since_tag = 'v9'" in message and "Known tags: v1.0." in message

@@ -8,6 +8,7 @@ import pytest
 from mochi_pipeline.data_generation.dataset_builder import (
     EmptyDatasetError,
     SplitResult,
+    UnknownTagError,
     cap_shares,
     decontaminate,
     example_id,
@@ -18,7 +19,9 @@ from mochi_pipeline.data_generation.dataset_builder import (
     write_dataset,
 )
 from mochi_pipeline.data_generation.settings import DatasetSettings
+from mochi_pipeline.ingestion.git_connector import open_repository
 from mochi_pipeline.records import TrainingExample
+from mochi_pipeline_tests.repo_factory import commit, git
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -128,3 +131,41 @@ def test_undated_sources_are_held_out_in_seeded_order():
     assert len(held) == 2 and len(eval_ids) == 20
     assert time_split(list(reversed(examples)), 0.2, 0.0, seed=0)[1] == held
     assert time_split(examples, 0.2, 0.0, seed=5)[1] != held
+
+
+def _tagged_history(tmp_path):
+    """Four commits, v1.0 on the second; the third is dated just *before* it once time zones are counted."""
+    repo = tmp_path / "tagged"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "One", "2024-01-01T00:00:00+00:00", {"a.py": "a = 1\n"})
+    commit(repo, "Two", "2024-02-01T00:00:00+00:00", {"b.py": "b = 1\n"})
+    git(repo, "tag", "-a", "v1.0", "-m", "release")
+    commit(repo, "Three", "2024-02-01T03:00:00+05:00", {"c.py": "c = 1\n"})  # 2024-01-31T22:00Z
+    commit(repo, "Four", "2024-03-01T00:00:00+00:00", {"d.py": "d = 1\n"})
+    return list(open_repository(str(repo), tmp_path).iter_commits("HEAD", 100))
+
+
+def test_eval_since_tag_holds_out_exactly_the_examples_after_the_tagged_commit(tmp_path):
+    commits = _tagged_history(tmp_path)
+    four, three, two, one = commits
+    assert two.tags == ["v1.0"]
+    examples = [ex(10 * n + k, commit=c.sha, date=c.date) for n, c in enumerate(commits) for k in range(3)]
+    examples += [ex(100, path="late.py", date="2024-02-15T00:00:00+00:00"), ex(101, path="early.py", date="2023-12-01")]
+    settings = DatasetSettings(eval_since_tag="v1.0")
+    split = split_examples(examples, settings, seed=0, time_share=0.5, random_share=0.0, commits=commits)
+    after = {example_id(e) for e in examples if e.commit == four.sha or e.path == "late.py"}
+    assert {r["id"] for r in split.rows["eval"]} == after  # eval_time_share is not used; Three is before the tag
+    assert split.eval_sources == [f"commit:{four.sha}", "file:late.py"]
+    assert not {r["id"] for r in split.rows["train"]} & after
+    # The random share still applies on top.
+    mixed = split_examples(examples, settings, seed=0, time_share=0.0, random_share=0.5, commits=commits)
+    assert {r["id"] for r in mixed.rows["eval"]} > after
+
+
+def test_unknown_eval_since_tag_names_the_setting_and_the_known_tags(tmp_path):
+    commits = _tagged_history(tmp_path)
+    with pytest.raises(UnknownTagError) as err:
+        split_examples([ex(1)], DatasetSettings(eval_since_tag="v9"), seed=0, time_share=0.1, random_share=0.0,
+                       commits=commits)
+    assert "generation.dataset.eval_since_tag = 'v9'" in str(err.value) and "Known tags: v1.0." in str(err.value)

@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mochi_pipeline.ingestion.git_connector import (
-    GitError,
-    is_remote_source,
-    open_repository,
-    validate_remote_url,
-)
+from mochi_pipeline.ingestion.git_connector import open_repository
+from mochi_pipeline.ingestion.git_urls import GitError, is_remote_source, validate_remote_url
 from mochi_pipeline_tests.repo_factory import commit, git
 
 
@@ -284,7 +280,7 @@ def test_oversized_diff_keeps_counts_but_drops_text(sample_repo):
 
 
 def test_credentials_in_urls_never_reach_error_messages(tmp_path):
-    from mochi_pipeline.ingestion.git_connector import redact
+    from mochi_pipeline.ingestion.git_urls import redact
 
     assert redact("https://bob:s3cret@example.com/r.git") == "https://***@example.com/r.git"
     assert redact("see ssh://git@host/x and https://tok@h/y") == "see ssh://***@host/x and https://***@h/y"
@@ -292,3 +288,87 @@ def test_credentials_in_urls_never_reach_error_messages(tmp_path):
     with pytest.raises(GitError) as err:
         open_repository("https://bob:s3cret@127.0.0.1:9/r.git", tmp_path / "cache", timeout_s=30)
     assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
+
+
+# --- branches and tags ------------------------------------------------------------------------
+
+
+def _branchy_repo(root: Path) -> tuple[Path, dict[str, str]]:
+    """main: A - B - D, dev: A - C; v1.0 (annotated) on B, v0.9 (lightweight) on A."""
+    repo = root / "branchy"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    shas = {"A": commit(repo, "A", "2024-01-01T00:00:00+00:00", {"a.py": "a = 1\n"})}
+    git(repo, "tag", "v0.9")
+    shas["B"] = commit(repo, "B", "2024-01-02T00:00:00+00:00", {"b.py": "b = 1\n"})
+    git(repo, "tag", "-a", "v1.0", "-m", "release", date="2024-02-01T00:00:00+00:00")
+    git(repo, "checkout", "-q", "-b", "dev", shas["A"])
+    shas["C"] = commit(repo, "C", "2024-01-03T00:00:00+00:00", {"c.py": "c = 1\n"})
+    git(repo, "checkout", "-q", "main")
+    shas["D"] = commit(repo, "D", "2024-01-04T00:00:00+00:00", {"d.py": "d = 1\n"})
+    return repo, shas
+
+
+def test_refs_are_branches_then_tags_with_the_commit_and_its_date(tmp_path):
+    repo_dir, shas = _branchy_repo(tmp_path)
+    refs = open_repository(str(repo_dir), tmp_path).refs()
+    assert [(r.kind, r.name, r.sha) for r in refs] == [
+        ("branch", "dev", shas["C"]), ("branch", "main", shas["D"]),
+        ("tag", "v0.9", shas["A"]), ("tag", "v1.0", shas["B"]),  # annotated: peeled to its commit
+    ]
+    assert {r.name: r.date for r in refs if r.kind == "tag"} == {
+        "v0.9": "2024-01-01T00:00:00+00:00", "v1.0": "2024-01-02T00:00:00+00:00",  # the commit's date, not the tag's
+    }
+
+
+def test_history_of_two_branches_holds_each_shared_commit_once_with_its_tags(tmp_path):
+    repo_dir, shas = _branchy_repo(tmp_path)
+    repo = open_repository(str(repo_dir), tmp_path)
+    commits = list(repo.iter_commits(["main", "dev"], 100))
+    assert [c.sha for c in commits] == [shas[k] for k in "DCBA"]  # A is on both branches: once
+    assert {c.message: c.tags for c in commits} == {"D": [], "C": [], "B": ["v1.0"], "A": ["v0.9"]}
+    assert [c.sha for c in repo.iter_commits(["main", "dev"], 100, since=[shas["B"], shas["A"]])] == [
+        shas["D"], shas["C"]]
+    assert repo.all_reachable([shas["B"], shas["C"]], [shas["D"], shas["C"]])
+    assert not repo.all_reachable([shas["C"]], [shas["D"]])
+    assert not repo.all_reachable(["deadbeef" * 5], [shas["D"]])  # gone (history rewritten): not reachable
+
+
+def test_unknown_branch_names_the_setting_and_the_known_branches(tmp_path):
+    repo_dir, shas = _branchy_repo(tmp_path)
+    repo = open_repository(str(repo_dir), tmp_path)
+    assert repo.branch_heads(["dev"]) == {"dev": shas["C"]}
+    with pytest.raises(GitError) as err:
+        repo.branch_heads(["dev", "feature-x"])
+    assert "repo.branches names 'feature-x'" in str(err.value) and "Known branches: dev, main." in str(err.value)
+    with pytest.raises(GitError, match="Known branches: dev, main"):
+        repo.branch_heads(["v1.0"])  # a tag is not a branch
+
+
+def test_remote_clone_holds_every_branch_and_tag_and_fetch_moves_them(tmp_path):
+    repo_dir, shas = _branchy_repo(tmp_path)
+    url = repo_dir.resolve().as_uri()
+    clone = open_repository(url, tmp_path / "cache")
+    assert clone.branch_heads(["dev", "main"]) == {"dev": shas["C"], "main": shas["D"]}
+    assert {r.name for r in clone.refs() if r.kind == "tag"} == {"v0.9", "v1.0"}
+    git(repo_dir, "checkout", "-q", "dev")
+    moved = commit(repo_dir, "E", "2024-01-05T00:00:00+00:00", {"e.py": "e = 1\n"})
+    git(repo_dir, "tag", "v2.0")
+    git(repo_dir, "checkout", "-q", "main")
+    fetched = open_repository(url, tmp_path / "cache")
+    assert fetched.branch_heads(["dev"]) == {"dev": moved}
+    assert fetched.resolve_rev("HEAD") == shas["D"]  # the remote's default branch
+    assert next(fetched.iter_commits("dev", 1)).tags == ["v2.0"]
+
+
+def test_gitpython_guard_refuses_an_ext_url_even_past_our_own_policy(tmp_path, monkeypatch):
+    """Our policy rejects ext:: first; with it switched off, GitPython's unsafe-protocol guard still does."""
+    import mochi_pipeline.ingestion.git_connector as connector
+
+    monkeypatch.setattr(connector, "validate_remote_url", lambda url: url)
+    pwned = tmp_path / "pwned"
+    with pytest.raises(GitError) as err:
+        open_repository(f"ext::sh -c touch% {pwned}", tmp_path / "cache")
+    assert "GitPython's UnsafeProtocolError guard refused it" in str(err.value) and not err.value.retryable
+    assert not pwned.exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []

@@ -144,3 +144,70 @@ def test_every_asset_of_a_run_reads_the_one_commit_pinned_for_it(tmp_path):
     assert _metadata(result, "source_files")["commit"] == _metadata(result, "commit_history")["commit"] == new
     observations = instance.fetch_observations(dg.AssetKey("git_repository"), limit=5).records
     assert [o.asset_observation.tags["dagster/data_version"] for o in observations] == [new]
+
+
+def _two_branch_repo(tmp_path) -> tuple:
+    """main: A - B (tag v1.0 on A), dev: A - C."""
+    repo_dir = tmp_path / "r"
+    repo_dir.mkdir()
+    git(repo_dir, "init", "-q", "-b", "main")
+    a = commit(repo_dir, "A", "2024-01-01T00:00:00+00:00", {"a.py": "a = 1\n"})
+    git(repo_dir, "tag", "-a", "v1.0", "-m", "release")
+    git(repo_dir, "checkout", "-q", "-b", "dev")
+    c = commit(repo_dir, "C", "2024-01-03T00:00:00+00:00", {"c.py": "c = 1\n"})
+    git(repo_dir, "checkout", "-q", "main")
+    b = commit(repo_dir, "B", "2024-01-02T00:00:00+00:00", {"b.py": "b = 1\n"})
+    return repo_dir, a, b, c
+
+
+def test_commit_history_reads_repo_branches_and_lists_branches_and_tags(tmp_path):
+    repo_dir, a, b, c = _two_branch_repo(tmp_path)
+    only_rev = materialize(project_config(tmp_path / "one", repo={"source": str(repo_dir)}), ["commit_history"])
+    assert [x.sha for x in only_rev.output_for_node("commit_history")] == [b, a]
+    meta = _metadata(only_rev, "commit_history")
+    assert (meta["branches"], meta["tags"]) == (2, 1)
+    assert "| branch | dev | " + c[:10] in meta["refs"] and "| tag | v1.0 | " + a[:10] in meta["refs"]
+    assert meta["heads"] == {"HEAD": b}
+
+    cfg = project_config(tmp_path / "two", repo={"source": str(repo_dir), "branches": ["dev"]})
+    both = materialize(cfg, ["commit_history"])
+    commits = both.output_for_node("commit_history")
+    assert [x.sha for x in commits] == [c, b, a]  # A is on both branches: read once
+    assert {x.sha: x.tags for x in commits} == {c: [], b: [], a: ["v1.0"]}
+    assert _metadata(both, "commit_history")["heads"] == {"HEAD": b, "dev": c}
+    assert {e.check_name: e.passed for e in both.get_asset_check_evaluations()} == {
+        "commit_history_starts_at_rev": True}
+
+
+def test_unknown_branch_fails_naming_repo_branches_and_the_known_ones(tmp_path):
+    repo_dir, *_ = _two_branch_repo(tmp_path)
+    cfg = project_config(tmp_path, repo={"source": str(repo_dir), "branches": ["dve"]})
+    result = materialize(cfg, ["commit_history"], raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "repo.branches names 'dve'" in message and "Known branches: dev, main" in message
+
+
+def test_incremental_history_follows_a_moved_branch_and_a_new_tag(tmp_path):
+    repo_dir, a, b, c = _two_branch_repo(tmp_path)
+    cfg = project_config(tmp_path, repo={"source": str(repo_dir), "branches": ["dev"]})
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize(cfg, ["commit_history"], instance=instance)
+    assert [x.sha for x in first.output_for_node("commit_history")] == [c, b, a]
+
+    # repo.rev has not moved: a new commit on dev and a new tag are still read, only the new commit from git.
+    git(repo_dir, "checkout", "-q", "dev")
+    d = commit(repo_dir, "D", "2024-01-04T00:00:00+00:00", {"d.py": "d = 1\n"})
+    git(repo_dir, "tag", "v2.0", b)
+    git(repo_dir, "checkout", "-q", "main")
+    second = materialize(cfg, ["commit_history"], instance=instance)
+    commits = second.output_for_node("commit_history")
+    assert [x.sha for x in commits] == [d, c, b, a]
+    assert {x.sha: x.tags for x in commits} == {d: [], c: [], b: ["v2.0"], a: ["v1.0"]}
+    assert "reused_from_run" not in _metadata(second, "commit_history")
+    logs = [e.message for e in instance.all_logs(second.run_id) if "new commits" in (e.message or "")]
+    assert any("Read 1 new commits" in m for m in logs), logs
+
+    # Nothing changed: the stored history is reused.
+    third = materialize(cfg, ["commit_history"], instance=instance)
+    assert "reused_from_run" in _metadata(third, "commit_history")
