@@ -1,7 +1,7 @@
 """Issue trackers and CI logs, as a user switches them on: a token in the environment, a URL in
 mochi.yaml, and their threads and failed jobs become training data shown per source.
 
-The real PyGithub client talks to loopback stand-ins speaking GitHub's REST wire format.
+The real clients (PyGithub, python-gitlab, jira) talk to loopback stand-ins speaking each service's wire format.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from mochi_pipeline.definitions import build_defs
 from mochi_pipeline.ingestion.assets import MissingToken, observe_activity, service_resources
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.report import print_report
-from mochi_pipeline_tests.ingestion.ci_wire import PYTEST_GITHUB_LOG, GitHubActionsServer
-from mochi_pipeline_tests.ingestion.tracker_wire import GitHubStandIn, Item, Note
+from mochi_pipeline_tests.ingestion.ci_wire import (
+    GO_TEST_GITLAB_LOG,
+    PYTEST_GITHUB_LOG,
+    GitHubActionsServer,
+    GitLabServer,
+)
+from mochi_pipeline_tests.ingestion.tracker_wire import GitHubStandIn, GitLabStandIn, Item, JiraStandIn, Note
 from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, make_sample_repo
 from mochi_pipeline_tests.test_automation import sensor_tick
@@ -205,3 +210,41 @@ def test_new_tracker_activity_rebuilds_the_tracker_side_of_the_dataset(services)
     assert {k.to_user_string() for k in tick._requested_partitions_by_asset_key} == {  # noqa: SLF001
         "issue_threads", "ci_failures", "clean_issue_threads", "clean_ci_failures", "issue_pairs", "ci_fix_pairs",
         "training_dataset"}
+
+
+def test_gitlab_jira_and_gitlab_ci_become_training_data_too(tmp_path, monkeypatch):
+    repo = make_sample_repo(tmp_path / "src")
+    shas = _history(repo)
+    jira_fix = commit(repo, "MOCHI-4: document the empty-file behaviour", "2024-03-04T08:00:00+00:00",
+                      {"docs/settings.md": "# Settings\n\nAn empty settings file gives the defaults.\n"})
+    monkeypatch.setenv("MOCHI_TEST_GITLAB_TOKEN", "glpat-TrackerLoopbackToken01")
+    monkeypatch.setenv("MOCHI_TEST_GITLAB_CI_TOKEN", "glpat-LoopbackToken0123456789")
+    monkeypatch.setenv("MOCHI_TEST_JIRA_TOKEN", "jira-pat-loopback-0123456789")
+    gitlab_issue = Item(3, "load_settings crashes on an empty settings file", "2024-03-01T10:00:00Z",
+                        "2024-03-02T12:00:00Z", author="erin", body=REPORT, state="closed",
+                        closed="2024-03-02T12:00:00Z", closing_commit=shas["fix_issue"])
+    jira_issue = Item(4, "Document what an empty settings file does", "2024-03-03T10:00:00Z", "2024-03-04T09:00:00Z",
+                      author="frank", body=REPORT.replace("raises", "should document that it raises"),
+                      state="closed", closed="2024-03-04T09:00:00Z")
+    with (GitLabStandIn("glpat-TrackerLoopbackToken01", [gitlab_issue]) as gitlab,
+          JiraStandIn("jira-pat-loopback-0123456789", [jira_issue]) as jira,
+          GitLabServer() as gitlab_ci):
+        gitlab_ci.add_pipeline("main", shas["fix_issue"], "2024-03-02T12:05:00Z",
+                               [("test", "failed", GO_TEST_GITLAB_LOG)])
+        gitlab_ci.add_pipeline("main", shas["fix_ci"], "2024-03-03T08:05:00Z", [("test", "success", "ok\n")])
+        cfg = project_config(
+            tmp_path, repo={"source": str(repo)},
+            trackers={"gitlab": {"project": gitlab.project, "url": gitlab.url, "token_env": "MOCHI_TEST_GITLAB_TOKEN"},
+                      "jira": {"project": jira.project, "url": jira.url, "token_env": "MOCHI_TEST_JIRA_TOKEN"}},
+            ci={"gitlab_ci": {"project": gitlab_ci.project, "url": gitlab_ci.url,
+                              "token_env": "MOCHI_TEST_GITLAB_CI_TOKEN"}},
+        )
+        result = materialize(cfg, DATA_ASSETS)
+    assert result.success
+    assert _meta(result, "issue_threads")["by_tracker_and_kind"] == {"gitlab issue": 1, "jira issue": 1}
+    assert _meta(result, "ci_failures")["by_system"] == {"gitlab_ci": 1}
+    rows = _rows(cfg)
+    resolutions = {r["path"]: r for r in rows if r["task"] == "issue_resolution"}
+    assert "if text.strip() else {}" in resolutions["gitlab:acme/tools/widgets#3"]["response"]
+    assert resolutions["jira:MOCHI-4"]["commit"] == jira_fix  # the commit naming the issue key
+    assert any(r["task"] == "ci_fix" and "'POST' == 'POST'" in r["response"] for r in rows)

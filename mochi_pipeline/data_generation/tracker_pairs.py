@@ -26,10 +26,11 @@ from mochi_pipeline.data_generation.commit_pairs import combined_diff, language_
 from mochi_pipeline.data_generation.settings import TrackerPairSettings
 from mochi_pipeline.records import CIFailure, Commit, FileDiff, IssueThread, ThreadComment, TrainingExample
 
-PAIRS_VERSION = "1"  # bump when the examples built from the same input change
+PAIRS_VERSION = "2"  # bump when the examples built from the same input change
 ISSUE_GENERATOR = "issue_pairs"
 CI_GENERATOR = "ci_fix_pairs"
 REQUEST_KINDS = ("pull_request", "merge_request")
+_ISSUE_KEY = re.compile(r"\b[A-Z][A-Z0-9_]+-[1-9]\d*\b")  # PROJ-123, as commit messages name Jira issues
 _KIND_NAMES = {"issue": "Issue", "pull_request": "Pull request", "merge_request": "Merge request"}
 _MERGE_SUBJECT = re.compile(r"^(?:Merge (?:pull request|branch|remote-tracking branch)\b|Merged in\b)", re.I)
 _MERGE_TRAILER = re.compile(r"^(?:See merge request\b|Reviewed-on:|Approved-by:)", re.I)
@@ -100,13 +101,17 @@ def change_text(commits: list[Commit], budget: int, title: str = "") -> str:
 
 
 class _Commits:
-    """Commits by SHA; an abbreviated SHA (7+ characters) finds its commit when unambiguous."""
+    """Commits by SHA (an abbreviated SHA of 7+ characters finds its commit when unambiguous), and by the Jira
+    issue keys their messages name: Jira links a commit to an issue that way, not by a closing event."""
 
     def __init__(self, commits: list[Commit]) -> None:
         self.by_sha = {c.sha: c for c in commits}
         self.by_prefix: dict[str, list[Commit]] = {}
+        self.by_issue_key: dict[str, list[Commit]] = {}
         for c in commits:
             self.by_prefix.setdefault(c.sha[:7], []).append(c)
+            for key in set(_ISSUE_KEY.findall(c.message)):
+                self.by_issue_key.setdefault(key, []).append(c)
 
     def get(self, sha: str) -> Commit | None:
         sha = sha.strip().lower()
@@ -160,6 +165,8 @@ def issue_resolution_pairs(threads: list[IssueThread], commits: list[Commit],
             skipped["open"] += 1
             continue
         shas = list(thread.closing_commits)
+        if thread.tracker == "jira" and not shas:
+            shas = [c.sha for c in index.by_issue_key.get(thread.number, [])]
         linked = [requests.get((thread.tracker, thread.project, n.lstrip("#!"))) for n in thread.closed_by]
         for pr in linked:
             if pr is not None and pr.state == "merged":

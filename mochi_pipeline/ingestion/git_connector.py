@@ -169,19 +169,20 @@ class Repository:
         return out.decode().strip()
 
     def refs(self) -> list[Ref]:
-        """Branches, then tags, by name, each with the commit it points at (one ``for-each-ref``)."""
+        """Branches (local, and a work tree's remote-tracking ones such as ``origin/stable``), then tags, by name,
+        each with the commit it points at (one ``for-each-ref``)."""
         fields = ("refname", "objecttype", "objectname", "committerdate:iso-strict")
         fmt = "%00".join([f"%({f})" for f in fields] + [f"%(*{f})" for f in fields[1:]])
-        out = self._git("for_each_ref", f"--format={fmt}", "refs/heads", "refs/tags")
+        out = self._git("for_each_ref", f"--format={fmt}", "refs/heads", "refs/remotes", "refs/tags")
         refs = []
         for line in out.decode("utf-8", "replace").splitlines():
             name, kind, sha, date, peeled_kind, peeled_sha, peeled_date = line.split("\0")
             if kind == "tag":  # annotated: the commit it tags
                 kind, sha, date = peeled_kind, peeled_sha, peeled_date
-            if kind != "commit":  # a tag of a tree or blob, or of another tag
+            if kind != "commit" or name.endswith("/HEAD"):  # a tag of a tree, blob or tag; origin/HEAD (an alias)
                 continue
-            short = name.removeprefix("refs/heads/").removeprefix("refs/tags/")
-            refs.append(Ref(short, "branch" if name.startswith("refs/heads/") else "tag", sha, date))
+            short = name.removeprefix("refs/heads/").removeprefix("refs/remotes/").removeprefix("refs/tags/")
+            refs.append(Ref(short, "tag" if name.startswith("refs/tags/") else "branch", sha, date))
         return sorted(refs, key=lambda r: (r.kind != "branch", r.name))
 
     def branch_heads(self, names: Sequence[str], setting: str = "repo.branches") -> dict[str, str]:

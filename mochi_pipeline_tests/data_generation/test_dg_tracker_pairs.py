@@ -63,6 +63,16 @@ def test_issue_resolution_pair_holds_the_closing_commits_diff():
     assert "index 1..2" not in ex.response and not skipped
 
 
+def test_jira_issue_gets_the_commits_whose_messages_name_its_key():
+    named = make_commit("a" * 40, "PROJ-12: make clamp reject an empty range")
+    other = make_commit("b" * 40, "PROJ-120 and XPROJ-12 are other issues", date="2024-03-06T10:00:00Z")
+    thread = issue(number="PROJ-12").model_copy(update={"tracker": "jira", "project": "PROJ"})
+    (ex,), skipped = issue_resolution_pairs([thread], [named, other], SETTINGS)
+    assert ex.commit == named.sha and ex.response.startswith("PROJ-12: make clamp") and not skipped
+    _, skipped = issue_resolution_pairs([thread.model_copy(update={"number": "PROJ-7"})], [named, other], SETTINGS)
+    assert skipped == {"no_closing_change": 1}
+
+
 def test_issue_closed_by_a_pull_request_gets_its_merge_commit():
     pr = issue(number="9", kind="pull_request", state="merged", closing=(MERGE.sha,),
                comments=(comment("Please add a test.", 3, kind="review_comment", path="pkg/util.py"),))

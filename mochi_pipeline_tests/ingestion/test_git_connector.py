@@ -345,6 +345,17 @@ def test_unknown_branch_names_the_setting_and_the_known_branches(tmp_path):
         repo.branch_heads(["v1.0"])  # a tag is not a branch
 
 
+def test_a_work_trees_remote_tracking_branches_can_be_read(tmp_path):
+    repo_dir, shas = _branchy_repo(tmp_path)
+    clone = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(repo_dir), str(clone)], check=True)  # local branch: main only
+    repo = open_repository(str(clone), tmp_path)
+    branches = [r.name for r in repo.refs() if r.kind == "branch"]
+    assert branches == ["main", "origin/dev", "origin/main"]  # origin/HEAD is an alias, not a branch
+    assert repo.branch_heads(["origin/dev"]) == {"origin/dev": shas["C"]}
+    assert [c.message for c in repo.iter_commits(["main", "origin/dev"], 100)] == ["D", "C", "B", "A"]
+
+
 def test_remote_clone_holds_every_branch_and_tag_and_fetch_moves_them(tmp_path):
     repo_dir, shas = _branchy_repo(tmp_path)
     url = repo_dir.resolve().as_uri()
