@@ -100,7 +100,7 @@ class IssueThread(Record):
     tracker: str = Field(description="github, gitlab or jira.")
     project: str = Field(description="owner/name, group/project path or Jira project key.")
     number: str = Field(description="The tracker's own id: '123' (GitHub, GitLab iid) or 'PROJ-123' (Jira).")
-    kind: str = Field(description="issue, pull_request or merge_request.")
+    kind: str = Field(description="issue, pull_request, merge_request or discussion (GitHub, answered Q&A).")
     title: str
     body: str = ""
     author: str = ""
@@ -164,9 +164,11 @@ class TrainingExample(Record):
     context: str = ""
     response: str
     task: str = Field(
-        description="next_line, next_block, fim_psm, fim_spm, explain, implement, commit_message, commit_change, qa"
+        description="next_line, next_block, fim_psm, fim_spm, explain, implement, commit_message, commit_change, qa, "
+        "issue_resolution, pr_change, discussion_qa, ci_fix"
     )
-    generator: str = Field(description="completion_pairs, doc_code_mapping, commit_pairs or qa_generator.")
+    generator: str = Field(description="completion_pairs, doc_code_mapping, commit_pairs, qa_generator, issue_pairs "
+                           "or ci_fix_pairs.")
     path: str = ""
     commit: str = ""
     language: str = ""

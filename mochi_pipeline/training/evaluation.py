@@ -170,12 +170,15 @@ def score(
     return scores
 
 
+def sample_indices(n_rows: int, at_most: int, seed: int) -> list[int]:
+    """A seeded sample of at most ``at_most`` of ``range(n_rows)``, in order."""
+    picked = list(range(n_rows))
+    return sorted(random.Random(seed).sample(picked, at_most)) if n_rows > at_most else picked
+
+
 def eval_rows(split: datasets.Dataset, settings: TrainingSettings) -> list[dict]:
     """A seeded sample of at most ``eval_max_examples`` rows, in dataset order."""
-    picked = list(range(len(split)))
-    if len(picked) > settings.eval_max_examples:
-        picked = sorted(random.Random(settings.seed).sample(picked, settings.eval_max_examples))
-    return [split[i] for i in picked]
+    return [split[i] for i in sample_indices(len(split), settings.eval_max_examples, settings.seed)]
 
 
 def load_tuned(base: ResolvedBase, model_dir: Path, method: str) -> PreTrainedModel:

@@ -72,6 +72,10 @@ class TrainingSettings(Section):
     # Checkpoints, evaluation during training, early stopping
     logging_steps: int = Field(5, ge=1, description="Log the training loss every this many steps.")
     eval_steps: int = Field(25, ge=1, description="Evaluate on the eval split every this many steps.")
+    eval_during_training: int = Field(
+        500, ge=1, description="Eval examples scored at each eval step (a seeded sample of the eval split): the loss "
+        "that picks the best checkpoint and stops early. A large held-out split (eval_since_tag) stays cheap.",
+    )
     save_steps: int = Field(25, ge=1, description="Checkpoint every this many steps (a multiple of eval_steps).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
     early_stopping_patience: int = Field(

@@ -34,6 +34,7 @@ from trl import SFTTrainer
 from mochi_pipeline.storage import atomic_directory, atomic_write_bytes, atomic_write_text, content_hash
 from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
+from mochi_pipeline.training.evaluation import sample_indices
 from mochi_pipeline.training.lora_config import lora_config, sft_config
 from mochi_pipeline.training.plots import loss_curve_png
 from mochi_pipeline.training.settings import TrainingSettings
@@ -254,7 +255,9 @@ def train(
     tokenizer = base_models.load_tokenizer(base)
     formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
     train_set = formatter.to_prompt_completion(data["train"])
-    eval_set = formatter.to_prompt_completion(data["eval"]) if len(data["eval"]) else None
+    held_out = data["eval"]
+    held_out = held_out.select(sample_indices(len(held_out), settings.eval_during_training, settings.seed))
+    eval_set = formatter.to_prompt_completion(held_out) if len(held_out) else None
     if eval_set is None:
         log("The eval split is empty: training without evaluation, early stopping or best-checkpoint selection.")
 
@@ -277,7 +280,8 @@ def train(
     log(
         f"Training {settings.method} on {base.name}"
         + (f" continuing {init_from}" if init_from else " from the base")
-        + f": {len(train_set)} train / {len(eval_set or [])} eval examples, "
+        + f": {len(train_set)} train examples, {len(eval_set or [])} of {len(data['eval'])} eval examples scored "
+        f"per eval step, "
         f"{trainable:,} of {total:,} parameters trainable" + (f"; resuming from {last}" if last else "")
     )
     trainer.train(resume_from_checkpoint=last)

@@ -153,3 +153,14 @@ def test_warm_start_is_refused_when_it_would_not_fit(tmp_path, tiny_base):
     other = tiny_base.__class__(tiny_base.name, str(tmp_path), "", (), None, None)
     assert "base model changed" in warm_start_refusal(final, other, fast_settings(lora_rank=8))
     assert "unreadable" in warm_start_refusal(tmp_path / "nothing", tiny_base, fast_settings())
+
+
+@pytest.mark.slow
+def test_a_large_eval_split_is_sampled_at_each_eval_step(tmp_path, store_dataset, tiny_base):
+    data = load_dataset_dict(store_dataset)
+    lines: list[str] = []
+    result = train(data, tiny_base, fast_settings(max_steps=2, eval_steps=2, save_steps=2, eval_during_training=3),
+                   tmp_path, log=lines.append)
+    assert len(data["eval"]) > 3
+    assert any(f"3 of {len(data['eval'])} eval examples scored per eval step" in line for line in lines)
+    assert [h["eval_loss"] for h in result.history if "eval_loss" in h]  # it still evaluates
