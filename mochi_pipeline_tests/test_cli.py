@@ -75,3 +75,16 @@ def test_errors_are_one_readable_paragraph(repo, tmp_path):
     (repo / "mochi.yaml").unlink()
     proc = mochi(repo, "run", "--select", "nonexistent", check=False)
     assert "Unknown asset 'nonexistent'" in proc.stderr
+
+
+def test_a_tracker_without_its_token_stops_and_one_that_is_down_only_warns(repo, monkeypatch):
+    (repo / "mochi.yaml").write_text("trackers:\n  github:\n    repo: octo/widgets\n    url: http://127.0.0.1:9/api/v3\n"
+                                     "    token_env: MOCHI_TEST_CLI_TOKEN\n    max_retries: 0\n")
+    monkeypatch.delenv("MOCHI_TEST_CLI_TOKEN", raising=False)
+    refused = mochi(repo, "status", check=False)
+    assert refused.returncode != 0
+    assert "the environment variable MOCHI_TEST_CLI_TOKEN (trackers.github.token_env) is not set" in refused.stderr
+    monkeypatch.setenv("MOCHI_TEST_CLI_TOKEN", "ghp_cli_test_token")
+    down = mochi(repo, "status")  # nothing listens on port 9: the rest of the project still shows
+    assert "Warning: could not look at the trackers" in down.stderr and "trackers.github.url" in down.stderr
+    assert "MISSING  issue_threads" in down.stdout and "ghp_cli_test_token" not in down.stdout + down.stderr

@@ -373,8 +373,8 @@ def service_resources(trackers: TrackerSettings, ci: CISettings,
         token = dg.EnvVar(section.token_env) if environ is None else environ.get(section.token_env, "")
         if environ is not None and not token:
             raise MissingToken(f"{setting} is on, but the environment variable {section.token_env} "
-                               f"({setting}.token_env) is not set. Export the token in it, or turn "
-                               f"{setting} off in mochi.yaml.")
+                               f"({setting}.token_env) is not set. Export the token in it, or turn {setting} off "
+                               f"({setting}.{fields[0]}: '' in mochi.yaml).")
         resources[key] = kind(token=token, timeout_s=section.timeout_s, max_retries=section.max_retries,
                               **{f: getattr(section, f) for f in fields})
     return resources
