@@ -71,8 +71,10 @@ def test_section_signatures_are_stable_and_change_with_values(tmp_path):
 @pytest.mark.parametrize(("data", "field"), [
     ({"automation": {"retrain_cron": "nightly"}}, "automation.retrain_cron"),
     ({"automation": {"timezone": "Mars/Olympus"}}, "automation.timezone"),
+    ({"trackers": {"start_date": "last week"}}, "trackers.start_date"),
+    ({"ci": {"start_date": "31/01/2024"}}, "ci.start_date"),
 ])
-def test_automation_settings_are_checked_when_read(tmp_path, data, field):
+def test_settings_are_checked_when_read(tmp_path, data, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config(data, tmp_path)
 

@@ -35,6 +35,7 @@ import requests
 from github.GithubRetry import GithubRetry
 from urllib3.util import Retry
 
+from mochi_pipeline.ingestion.web_api import is_timeout, iso_utc
 from mochi_pipeline.records import CIFailure
 
 MAX_LOG_BYTES = 32 << 20  # a longer log keeps its first quarter and its end
@@ -196,15 +197,6 @@ def error_excerpt(log: str, max_lines: int = 60) -> str:
 # --- records, merge and cursor (pure) -----------------------------------------------------------
 
 
-def iso_utc(value: datetime | str | None) -> str:
-    """``value`` as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC); a naive time is taken as UTC; '' for none."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_failures(earlier: Iterable[CIFailure], fresh: Iterable[CIFailure]) -> list[CIFailure]:
@@ -399,21 +391,6 @@ def _fixed_by(runs: list[_Run], index: int, job_name: str, jobs_of: Callable[[_R
     return ""
 
 
-def _is_timeout(err: BaseException) -> bool:
-    """True for a read or connect timeout, also when urllib3's retries wrapped it."""
-    seen: set[int] = set()
-    stack: list[Any] = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, requests.Timeout | TimeoutError) or type(e).__name__ in ("ReadTimeoutError",
-                                                                                   "ConnectTimeoutError"):
-            return True
-        if isinstance(e, BaseException):
-            stack.extend([getattr(e, "reason", None), e.__cause__, e.__context__, *e.args])
-    return False
 
 
 def _short(text: Any) -> str:
@@ -521,7 +498,7 @@ class GitHubActionsLogs(_CILogs):
                                f"(404): check ci.github_actions.repo (owner/name) and ci.github_actions.url.")
             return CIError(f"GitHub answered {status} {said} for {where}" + (f" after {retries}." if status >= 500
                                                                               else "."), retryable=status >= 500)
-        if _is_timeout(err):
+        if is_timeout(err):
             return CIError(f"GitHub ({self._url}) did not answer within {self.timeout_s:g}s, {retries} included: "
                            f"raise ci.github_actions.timeout_s or try again later.", retryable=True)
         if isinstance(err, requests.exceptions.RetryError):  # urllib3 gave up on a retried status
@@ -624,7 +601,7 @@ class GitLabCILogs(_CILogs):
             return CIError(f"GitLab answered {code} {_short(err.error_message)} for {where}"
                            + (f" after {self.max_retries} retries (ci.gitlab_ci.max_retries)." if code >= 500 else "."),
                            retryable=code >= 500)
-        if _is_timeout(err):
+        if is_timeout(err):
             return CIError(f"GitLab ({self._url}) did not answer within {self.timeout_s:g}s, {self.max_retries} "
                            f"retries included: raise ci.gitlab_ci.timeout_s or try again later.", retryable=True)
         if isinstance(err, requests.RequestException):

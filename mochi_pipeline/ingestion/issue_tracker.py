@@ -27,9 +27,9 @@ import github
 import gitlab
 import jira
 import requests
-import urllib3
 from github.GithubRetry import GithubRetry
 
+from mochi_pipeline.ingestion.web_api import is_timeout, iso_utc
 from mochi_pipeline.records import IssueThread, ThreadComment
 
 GITHUB_API = "https://api.github.com"
@@ -71,15 +71,6 @@ class IssueTracker(Protocol):
 # --- shared helpers --------------------------------------------------------------------------
 
 
-def iso_utc(value: datetime | str | None) -> str:
-    """``value`` as ISO-8601 UTC to the second ('2024-05-01T12:00:00Z'); '' for a missing time."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_since(since: str | None) -> datetime | None:
@@ -97,21 +88,6 @@ def _is_bot_name(login: str) -> bool:
     return bool(_BOT_NAME.search(login or ""))
 
 
-def _is_timeout(exc: BaseException) -> bool:
-    """True when ``exc`` or anything it wraps (cause, context, urllib3 reason) is a timeout."""
-    stack: list[Any] = [exc]
-    seen: set[int] = set()
-    while stack:
-        err = stack.pop()
-        if not isinstance(err, BaseException) or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, urllib3.exceptions.NewConnectionError):
-            continue  # a refused connection, though urllib3 derives it from its connect-timeout error
-        if isinstance(err, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError | TimeoutError):
-            return True
-        stack += [err.__cause__, err.__context__, getattr(err, "reason", None), *err.args]
-    return False
 
 
 class _Tracker:
@@ -167,7 +143,7 @@ class _Tracker:
 
     def _transport_error(self, exc: requests.exceptions.RequestException) -> TrackerError:
         """A timeout, retries used up on rate limits or server errors, or no connection at all."""
-        if _is_timeout(exc):
+        if is_timeout(exc):
             return self._error(
                 f"{self.label} at {self.url} did not answer within {self.timeout_s:g} s, also after retries. It may "
                 f"be slow or overloaded: try again later, or raise trackers.{self.name}.timeout_s.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import datetime
+
+from pydantic import Field, field_validator
 
 from mochi_pipeline.settings_base import Section
 
@@ -42,6 +44,16 @@ class SourceSettings(Section):
 
 
 # --- issue trackers and CI (each off until its repo/project is set) ---------------------------
+
+
+def _iso_date(value: str) -> str:
+    """'' or an ISO-8601 date/time (the first fetch's start), checked when mochi.yaml loads."""
+    if value:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not an ISO-8601 date; write it like 2023-01-31 (or '' for everything)") from None
+    return value
 
 
 class _Service(Section):
@@ -99,6 +111,8 @@ class TrackerSettings(Section):
     start_date: str = Field("", description="First fetch: read only threads updated on or after this ISO date "
                             "(e.g. 2023-01-01); '' = all of them.")
 
+    _valid_start = field_validator("start_date")(_iso_date)
+
 
 class GitHubActionsSettings(_Service):
     repo: str = Field("", description="owner/name of the GitHub repository whose failed Actions jobs to read; "
@@ -131,3 +145,5 @@ class CISettings(Section):
     gitlab_ci: GitLabCISettings = Field(default_factory=GitLabCISettings)
     start_date: str = Field("", description="First fetch: read only runs on or after this ISO date; '' = as many "
                             "as max_runs allows.")
+
+    _valid_start = field_validator("start_date")(_iso_date)

@@ -71,6 +71,11 @@ def _clean_metadata(stats: CleanStats, before: int, after: int, what: str) -> di
     }
 
 
+def _as_metadata(values: dict[str, object]) -> dict[str, object]:
+    """Counts for the UI: per-reason tables as JSON, plain numbers as they are."""
+    return {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
 def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: FilterSettings, scrub: ScrubSettings,
                threads: ThreadCleaningSettings, paths: ProjectPaths) -> dg.Definitions:
     root = paths.artifacts
@@ -284,7 +289,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         yield dg.Output(cleaned, data_version=dg.DataVersion(records_hash(cleaned)), metadata={
             "threads": len(cleaned),
             "input": len(issue_threads),
-            **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in stats.metadata().items()},
+            **_as_metadata(stats.metadata()),
             "pseudonym_key": "secret" if secret else f"project name only ({threads.pseudonym_key_env} not set)",
             "preview": dg.MetadataValue.md(preview),
         })
@@ -302,7 +307,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         yield dg.Output(cleaned, data_version=dg.DataVersion(records_hash(cleaned)), metadata={
             "failures": len(cleaned),
             "input": len(ci_failures),
-            **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in stats.metadata().items()},
+            **_as_metadata(stats.metadata()),
             "preview": dg.MetadataValue.md(preview),
         })
 

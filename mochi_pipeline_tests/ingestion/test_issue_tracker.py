@@ -20,10 +20,10 @@ from mochi_pipeline.ingestion.issue_tracker import (
     JiraTracker,
     TrackerError,
     cursor,
-    iso_utc,
     jira_text,
     merge_threads,
 )
+from mochi_pipeline.ingestion.web_api import iso_utc
 from mochi_pipeline.records import IssueThread
 from mochi_pipeline_tests.ingestion.tracker_wire import (
     GitHubStandIn,
