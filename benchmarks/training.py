@@ -50,10 +50,11 @@ def examples(n: int, seed: int) -> list[str]:
 
 def dataset_texts(path: str, tokenizer) -> list[str]:
     """The training split of a mochi training_dataset, each row as the text the trainer sees."""
+    from mochi_pipeline.training.fim import fim_tokens
     from mochi_pipeline.training.sft_data import Formatter, load_dataset_dict
 
-    formatter = Formatter(tokenizer, tokenizer.eos_token)
-    return ["".join(formatter.training_pair(row)) for row in load_dataset_dict(path)["train"]]
+    formatter = Formatter(tokenizer, tokenizer.eos_token, fim_tokens(tokenizer))
+    return ["".join(formatter.training_pair(row)) for row in load_dataset_dict(path)["train"] if formatter.usable(row)]
 
 
 def run_mode(mode: str, steps: int, seq: int, batch: int, tiny_steps: int, dataset: str) -> dict:

@@ -173,4 +173,7 @@ class TrainingExample(Record):
     commit: str = ""
     language: str = ""
     date: str = Field("", description="Commit date of the source, used for the time split.")
-    raw_text: str = Field("", description="Plain text form for causal LM / FIM training; '' means build from fields.")
+    raw_text: str = Field("", description="Plain text form (dedup, decontamination, causal LM training); '' means "
+                          "build from fields.")
+    prefix: str = Field("", description="Fill-in-the-middle: the code before the middle (the response).")
+    suffix: str = Field("", description="Fill-in-the-middle: the code after the middle.")

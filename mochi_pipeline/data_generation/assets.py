@@ -31,7 +31,7 @@ from mochi_pipeline.storage import atomic_write_bytes
 GROUP = "data_generation"
 # An endpoint that is down now may be up in a minute; a refused key is not retried (Failure(allow_retries=False)).
 NETWORK_RETRIES = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-LOGIC_VERSION = "2"
+LOGIC_VERSION = "3"
 NO_CODE = (
     "no code chunks: deduplicated_chunks is empty, so the repository has no files in supported languages "
     "(python, javascript, typescript, java, go, rust, c, c++) under sources.include; check sources.include/exclude"

@@ -2,11 +2,9 @@
 
 Cuts fall on line boundaries inside a chunk; a "block" is the statement starting at the cut plus
 its indented body (or, for brace languages, everything up to the matching close brace). FIM
-examples use the StarCoder sentinel tokens in ``raw_text``:
-
-- PSM: ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}``
-- SPM (StarCoder / bigcode Megatron-LM, variant 2 of the FIM paper):
-  ``<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}{middle}``
+examples stay model-agnostic: ``prefix``, ``response`` (the middle) and ``suffix``; the training
+layer lays them out with the base model's own sentinel tokens (training/fim.py), in PSM order or,
+for a share of them, SPM (task ``fim_spm``).
 
 Every choice comes from ``random.Random(seed + stable_hash(chunk.id))`` so one chunk's examples do
 not depend on which other chunks exist or in what order they come.
@@ -23,7 +21,6 @@ from mochi_pipeline.data_generation.code_facts import block_end
 from mochi_pipeline.data_generation.settings import CompletionSettings
 from mochi_pipeline.records import Chunk, TrainingExample
 
-FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<fim_prefix>", "<fim_suffix>", "<fim_middle>"
 MISSING = "<missing>"
 GENERATOR = "completion_pairs"
 
@@ -56,12 +53,6 @@ def _header(chunk: Chunk) -> str:
     return chunk.context.rstrip("\n") + "\n" if chunk.context.strip() else ""
 
 
-def fim_text(prefix: str, middle: str, suffix: str, spm: bool) -> str:
-    if spm:
-        return f"{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix}{middle}"
-    return f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}"
-
-
 def chunk_examples(
     chunk: Chunk, settings: CompletionSettings, seed: int, fim_rate: float, spm_rate: float
 ) -> list[TrainingExample]:
@@ -90,7 +81,9 @@ def chunk_examples(
                     context=f"{prefix}{MISSING}\n{suffix}",
                     response=middle,
                     task="fim_spm" if spm else "fim_psm",
-                    raw_text=fim_text(prefix, middle, suffix, spm),
+                    prefix=prefix,
+                    suffix=suffix,
+                    raw_text=prefix + middle + suffix,
                     **base,
                 )
             )

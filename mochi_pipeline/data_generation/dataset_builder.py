@@ -117,6 +117,8 @@ def to_row(ex: TrainingExample, system_prompt: str, ex_id: str | None = None, te
             {"role": "assistant", "content": ex.response},
         ],
         "text": text,
+        "prefix": ex.prefix,
+        "suffix": ex.suffix,
         "task": ex.task,
         "generator": ex.generator,
         "path": ex.path,

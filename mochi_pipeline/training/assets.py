@@ -31,7 +31,7 @@ from mochi_pipeline.training.sft_data import DatasetError, load_dataset_dict
 from mochi_pipeline.training.tiny_base import TINY_VERSION, pretrain_report
 
 GROUP = "training"
-LOGIC_VERSION = "2"
+LOGIC_VERSION = "3"
 ACCEPTED = "accepted"  # <artifacts>/training/accepted.json
 
 

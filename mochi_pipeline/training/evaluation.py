@@ -198,12 +198,12 @@ def evaluate(
 
     Writes markdown, PNG and JSON into ``out_dir`` and returns the report (``previous`` is None without one).
     """
-    rows = eval_rows(data["eval"], settings)
+    tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
+    formatter = Formatter.for_base(base, tokenizer, settings.fim)
+    rows = [r for r in eval_rows(data["eval"], settings) if formatter.usable(r)]
     if not rows:
         raise ValueError("The eval split is empty, so base and fine-tuned cannot be compared; "
                          "raise generation.eval_time_share or add history to the repository.")
-    tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
-    formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
     log(f"Scoring the base model on {len(rows)} eval examples")
     base_scores = score(base_models.load_model(base, quantize_4bit=method == "qlora"), tokenizer, formatter, rows,
                         settings, log)

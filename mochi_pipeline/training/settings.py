@@ -69,6 +69,13 @@ class TrainingSettings(Section):
         True, description="Pack several examples per sequence (best-fit decreasing, no cross-example attention).",
     )
 
+    fim: str = Field(
+        "native", pattern="^(native|off)$",
+        description="native: fill-in-the-middle examples in the base model's own FIM tokens (StarCoder, "
+        "Qwen2.5-Coder, CodeGemma, DeepSeek-Coder), the format `mochi serve`'s /infill sends; a base without FIM "
+        "tokens (Phi-3, Gemma base) leaves them out and says so. off: leave them out.",
+    )
+
     # Checkpoints, evaluation during training, early stopping
     logging_steps: int = Field(5, ge=1, description="Log the training loss every this many steps.")
     eval_steps: int = Field(25, ge=1, description="Evaluate on the eval split every this many steps.")

@@ -1,8 +1,10 @@
 """From ``training_dataset`` rows to what the trainer and the evaluation feed the model.
 
-Two kinds of rows (see data_generation/dataset_builder.py):
-- code completion (next line/block, fill-in-the-middle with StarCoder sentinels): trained as plain
-  causal LM on the row's raw ``text`` (loss on every token), like the code models were pre-trained;
+Three kinds of rows (see data_generation/dataset_builder.py):
+- next line / next block: trained as plain causal LM on the row's raw ``text`` (loss on every
+  token), like the code models were pre-trained;
+- fill-in-the-middle: the row's ``prefix``, ``suffix`` and middle (``response``) laid out with the
+  base model's own FIM tokens (``fim.py``), also as plain causal LM; left out when it has none;
 - everything else (explain, implement, commit messages, Q&A): the chat ``messages`` rendered with
   the base model's chat template; the prompt is masked and only the assistant answer carries loss.
 Both become TRL prompt-completion pairs (an empty prompt for raw text), so one dataset mixes them.
@@ -17,6 +19,10 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from mochi_pipeline.training import base_models
+from mochi_pipeline.training.base_models import ResolvedBase
+from mochi_pipeline.training.fim import FimTokens, fim_tokens, is_fim_task
+
 SPLITS = ("train", "eval")
 
 
@@ -25,7 +31,7 @@ class DatasetError(ValueError):
 
 
 def is_raw_task(task: str) -> bool:
-    return task.startswith("fim") or task in ("next_line", "next_block")
+    return is_fim_task(task) or task in ("next_line", "next_block")
 
 
 def dataset_dir(artifact: Any) -> Path:
@@ -63,6 +69,30 @@ class Formatter:
 
     tokenizer: PreTrainedTokenizerBase
     end_of_turn: str
+    fim: FimTokens | None  # None: FIM rows are not used (see ``usable``)
+
+    @classmethod
+    def for_base(cls, base: ResolvedBase, tokenizer: PreTrainedTokenizerBase, fim: str) -> Formatter:
+        """The formatter training and evaluation use (``fim``: training.fim, native or off)."""
+        return cls(tokenizer, base_models.end_of_turn(base, tokenizer), fim_tokens(tokenizer) if fim == "native" else None)
+
+    def fim_note(self, split: datasets.Dataset, base_name: str) -> str:
+        """Why FIM rows of ``split`` are left out ('' when none are)."""
+        left_out = sum(1 for task in split["task"] if is_fim_task(task)) if self.fim is None else 0
+        if not left_out:
+            return ""
+        if fim_tokens(self.tokenizer) is None:
+            return (f"{left_out} fill-in-the-middle examples left out: {base_name}'s tokenizer has no FIM tokens "
+                    "(generation.fim_rate: 0 stops making them).")
+        return f"{left_out} fill-in-the-middle examples left out (training.fim: off)."
+
+    def usable(self, row: dict) -> bool:
+        return self.fim is not None or not is_fim_task(row["task"])
+
+    def fim_prompt(self, row: dict) -> str:
+        if self.fim is None:
+            raise DatasetError(f"Row {row.get('id', '?')} is a FIM example but the base model has no FIM tokens.")
+        return self.fim.prompt(row["prefix"], row["suffix"], spm=row["task"] == "fim_spm")
 
     def chat_messages(self, row: dict) -> list[dict[str, str]]:
         messages = row.get("messages") or []
@@ -73,6 +103,8 @@ class Formatter:
 
     def training_pair(self, row: dict) -> tuple[str, str]:
         """What is trained: raw text as a whole, or chat prompt (masked) + answer."""
+        if is_fim_task(row["task"]):
+            return "", self.fim_prompt(row) + row["response"]
         if is_raw_task(row["task"]) and row_text(row):
             return "", row_text(row)
         messages = self.chat_messages(row)
@@ -81,6 +113,8 @@ class Formatter:
 
     def scoring_pair(self, row: dict) -> tuple[str, str]:
         """What is scored at evaluation: the context a user gives, and the answer expected back."""
+        if is_fim_task(row["task"]):
+            return self.fim_prompt(row), row["response"]
         text = row_text(row)
         if is_raw_task(row["task"]) and text and row["response"] and text.endswith(row["response"]):
             return text[: len(text) - len(row["response"])], row["response"]
@@ -89,5 +123,5 @@ class Formatter:
     def to_prompt_completion(self, split: datasets.Dataset) -> datasets.Dataset:
         # Built in memory: mapping a dataset loaded from disk would write cache files into the
         # data_generation layer's artifact directory.
-        pairs = [self.training_pair(row) for row in split]
+        pairs = [self.training_pair(row) for row in split if self.usable(row)]
         return datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})

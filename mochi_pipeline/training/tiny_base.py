@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
 from mochi_pipeline.storage import atomic_directory, atomic_write_text, file_lock
+from mochi_pipeline.training.fim import STARCODER_FIM
 
 TINY_VERSION = 2  # bump when the architecture, corpus or recipe changes
 SEQ_LEN = 256
@@ -83,7 +84,7 @@ def stdlib_sources(seed: int) -> list[Path]:
 def fim_document(text: str, rng: random.Random) -> str:
     """The file in prefix-suffix-middle order with StarCoder's sentinels (cut at two random characters)."""
     a, b = sorted(rng.randrange(len(text) + 1) for _ in range(2))
-    return f"<fim_prefix>{text[:a]}<fim_suffix>{text[b:]}<fim_middle>{text[a:b]}"
+    return STARCODER_FIM.prompt(text[:a], text[b:]) + text[a:b]
 
 
 def _token_blocks(tokenizer: PreTrainedTokenizerBase, files: list[Path], n_blocks: int, seed: int) -> torch.Tensor:

@@ -253,7 +253,9 @@ def train(
     check_method_supported(settings.method)
     started = time.monotonic()
     tokenizer = base_models.load_tokenizer(base)
-    formatter = Formatter(tokenizer, base_models.end_of_turn(base, tokenizer))
+    formatter = Formatter.for_base(base, tokenizer, settings.fim)
+    if note := formatter.fim_note(data["train"], base.name):
+        log(note)
     train_set = formatter.to_prompt_completion(data["train"])
     held_out = data["eval"]
     held_out = held_out.select(sample_indices(len(held_out), settings.eval_during_training, settings.seed))

@@ -4,24 +4,13 @@ import pytest
 from dg_upstream import chunks_of
 
 from mochi_pipeline.data_generation.code_facts import block_end
-from mochi_pipeline.data_generation.completion_pairs import (
-    FIM_MIDDLE,
-    FIM_PREFIX,
-    FIM_SUFFIX,
-    completion_pairs,
-    fim_text,
-)
+from mochi_pipeline.data_generation.completion_pairs import completion_pairs
 from mochi_pipeline.data_generation.settings import CompletionSettings
 
 
 @pytest.fixture(scope="module")
 def chunks(sample_repo):
     return chunks_of(sample_repo)
-
-
-def test_fim_orders_follow_starcoder():
-    assert fim_text("P", "M", "S", spm=False) == f"{FIM_PREFIX}P{FIM_SUFFIX}S{FIM_MIDDLE}M"
-    assert fim_text("P", "M", "S", spm=True) == f"{FIM_PREFIX}{FIM_SUFFIX}S{FIM_MIDDLE}PM"
 
 
 def test_block_end_takes_indented_body_and_braces():
@@ -40,15 +29,15 @@ def test_examples_are_cut_at_line_boundaries(chunks, fim_rate):
     for ex in result.examples:
         chunk_texts = [c.text for c in chunks if c.path == ex.path]
         assert ex.response.endswith("\n") and any(ex.response in t for t in chunk_texts)
-        assert ex.raw_text.startswith(FIM_PREFIX) == (fim_rate == 1.0)
         assert ex.date == by_path[ex.path].file_date and ex.generator == "completion_pairs"
-        if ex.task == "fim_psm":
-            prefix, rest = ex.raw_text[len(FIM_PREFIX) :].split(FIM_SUFFIX)
-            suffix, middle = rest.split(FIM_MIDDLE)
-            assert middle == ex.response
-            assert prefix.startswith(by_path[ex.path].context.rstrip("\n"))  # the chunk's context header leads
-        if ex.task == "fim_spm":
-            assert ex.raw_text.startswith(FIM_PREFIX + FIM_SUFFIX) and ex.raw_text.endswith(ex.response)
+        if ex.task.startswith("fim"):
+            # Model-agnostic: no sentinel tokens, the file as it is split in three.
+            assert "<fim" not in ex.raw_text and ex.raw_text == ex.prefix + ex.response + ex.suffix
+            assert ex.prefix.startswith(by_path[ex.path].context.rstrip("\n"))  # the chunk's context header leads
+            header = by_path[ex.path].context.rstrip("\n") + "\n" if by_path[ex.path].context.strip() else ""
+            assert ex.raw_text[len(header):].rstrip("\n") in {t.rstrip("\n") for t in chunk_texts}
+        else:
+            assert ex.prefix == ex.suffix == "" and ex.raw_text == ex.context + ex.response
     tasks = {ex.task for ex in result.examples}
     assert tasks <= ({"fim_psm", "fim_spm"} if fim_rate else {"next_line", "next_block"})
     assert len(tasks) == 2

@@ -53,12 +53,14 @@ def _rows(entity: str, rng: random.Random) -> list[dict]:
     cut = rng.randrange(7, len(lines) - 1)
     prefix, middle, suffix = "".join(lines[:cut]), lines[cut], "".join(lines[cut + 1:])
     rows.append({**base, "instruction": "Fill in the missing code.", "context": prefix + "<missing>\n" + suffix,
-                 "response": middle, "task": "fim_psm",
-                 "text": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>{middle}"})
+                 "response": middle, "task": "fim_psm", "prefix": prefix, "suffix": suffix,
+                 "text": prefix + middle + suffix})
     rows.append({**base, "generator": "doc_code_mapping", "task": "implement",
                  "instruction": f"Write the service class for {entity} records in mochi_store.", "context": "",
                  "response": code, "text": f"Write the service class for {entity} records in mochi_store.\n\n{code}"})
     for row in rows:
+        row.setdefault("prefix", "")
+        row.setdefault("suffix", "")
         row["id"] = f"{entity}-{len(row['context'])}-{row['task']}"
         row["messages"] = [
             {"role": "system", "content": "You are a coding assistant for this project."},

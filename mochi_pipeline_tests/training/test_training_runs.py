@@ -109,7 +109,7 @@ def test_lora_targets_are_inferred_from_module_names(tiny_base):
 
 def test_rows_become_prompt_completion_pairs(store_dataset, tiny_base):
     tokenizer = load_tokenizer(tiny_base)
-    formatter = Formatter(tokenizer, tokenizer.eos_token)
+    formatter = Formatter.for_base(tiny_base, tokenizer, "native")
     split = load_dataset_dict(store_dataset)["train"]
     raw = next(r for r in split if r["task"] == "next_line")
     chat = next(r for r in split if r["task"] == "implement")
@@ -119,7 +119,16 @@ def test_rows_become_prompt_completion_pairs(store_dataset, tiny_base):
     assert completion == chat["response"] + "<|endoftext|>"  # the model learns to stop
     assert formatter.scoring_pair(raw) == (raw["context"], raw["response"])
     fim = next(r for r in split if r["task"] == "fim_psm")
-    assert tokenizer(fim["text"])["input_ids"].count(tokenizer.convert_tokens_to_ids("<fim_middle>")) == 1
+    prompt, completion = formatter.training_pair(fim)
+    assert prompt == "" and completion == f"<fim_prefix>{fim['prefix']}<fim_suffix>{fim['suffix']}<fim_middle>" + fim[
+        "response"]  # the tiny base's StarCoder sentinels, each one token
+    ids = tokenizer(completion)["input_ids"]
+    assert [ids.count(tokenizer.convert_tokens_to_ids(t)) for t in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")] \
+        == [1, 1, 1]
+    assert formatter.scoring_pair(fim) == (completion[: -len(fim["response"])], fim["response"])
+    without = Formatter.for_base(tiny_base, tokenizer, "off")
+    assert not without.usable(fim) and without.usable(raw)
+    assert "fill-in-the-middle examples left out (training.fim: off)" in without.fim_note(split, "tiny")
 
 
 @pytest.mark.slow
