@@ -74,7 +74,8 @@ class Formatter:
     @classmethod
     def for_base(cls, base: ResolvedBase, tokenizer: PreTrainedTokenizerBase, fim: str) -> Formatter:
         """The formatter training and evaluation use (``fim``: training.fim, native or off)."""
-        return cls(tokenizer, base_models.end_of_turn(base, tokenizer), fim_tokens(tokenizer) if fim == "native" else None)
+        native = fim_tokens(tokenizer) if fim == "native" else None
+        return cls(tokenizer, base_models.end_of_turn(base, tokenizer), native)
 
     def fim_note(self, split: datasets.Dataset, base_name: str) -> str:
         """Why FIM rows of ``split`` are left out ('' when none are)."""
