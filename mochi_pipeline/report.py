@@ -8,7 +8,7 @@ from mochi_pipeline.config import MochiConfig
 from mochi_pipeline.ingestion.git_urls import redact
 
 # Metadata too long for a terminal line (tables, images) is shown only for these assets.
-FULL_TEXT_ASSETS = {"evaluation_report"}
+FULL_TEXT_ASSETS = {"evaluation_report", "assist_evaluation"}
 
 
 def _short(value: dg.MetadataValue) -> str | None:

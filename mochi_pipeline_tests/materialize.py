@@ -12,7 +12,8 @@ from mochi_pipeline.definitions import build_defs
 
 # Every asset of the data layers (ingestion -> training_dataset), in the order they run.
 DATA_ASSETS = ["source_files", "commit_history", "issue_threads", "ci_failures", "clean_files", "clean_commits",
-               "clean_issue_threads", "clean_ci_failures", "doc_sections", "code_chunks", "deduplicated_chunks",
+               "clean_issue_threads", "clean_ci_failures", "doc_sections", "project_conventions", "code_chunks",
+               "deduplicated_chunks",
                "completion_pairs", "doc_code_pairs", "commit_pairs", "qa_pairs", "issue_pairs", "ci_fix_pairs",
                "training_dataset"]
 

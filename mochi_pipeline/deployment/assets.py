@@ -3,8 +3,9 @@
 ``build_defs`` makes them from the ``export`` section of mochi.yaml. ``gguf_model``: the merged
 model as GGUF files (one per quantization), checked against transformers by
 ``gguf_matches_transformers``; ``gguf_lora_adapter``: the adapter alone as a GGUF LoRA plus the
-base it applies to; ``ollama_modelfile``: ready for ``ollama create``. Only a model that passed
-the quality gate reaches them; otherwise the files exported before stay as they are.
+base it applies to; ``ollama_modelfile``: ready for ``ollama create``; ``assist_evaluation``: how
+well the exported model reranks held-out changes (assist.py). Only a model that passed the quality
+gate reaches them; otherwise the files exported before stay as they are.
 """
 
 from collections.abc import Iterator
@@ -13,14 +14,21 @@ from typing import Any
 
 import dagster as dg
 
-from mochi_pipeline.deployment.exporter import write_modelfile
+from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
+from mochi_pipeline.deployment.assist import Assistant
+from mochi_pipeline.deployment.assist_eval import evaluate_rerank
+from mochi_pipeline.deployment.exporter import modelfile_source, write_modelfile
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
 from mochi_pipeline.incremental import checked, reuse
+from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
-from mochi_pipeline.storage import content_hash, file_sha256
+from mochi_pipeline.preprocessing.conventions import ProjectConventions
+from mochi_pipeline.storage import atomic_write_bytes, content_hash, file_sha256
 from mochi_pipeline.training.artifacts import EvaluationReport, FineTunedAdapter, MergedModel
+from mochi_pipeline.training.plots import comparison_png
+from mochi_pipeline.training.sft_data import load_dataset_dict
 
 GROUP = "deployment"
 LOGIC_VERSION = "2"
@@ -153,7 +161,53 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             "stop_tokens": ", ".join(record.stop),
         })
 
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"llamacpp"},
+        code_version=f"{LOGIC_VERSION}-{export.signature('assist_candidates', 'assist_max_cases')}",
+        check_specs=[dg.AssetCheckSpec("rerank_beats_chance", asset="assist_evaluation",
+                                       description="Reranking held-out changes among distractors, the exported "
+                                                   "model puts the real one first more often than chance.")],
+    )
+    def assist_evaluation(context: dg.AssetExecutionContext, gguf_model: GGUFExport,
+                          training_dataset: TrainingDatasetArtifact) -> Iterator:
+        """How well the exported model reranks: for held-out later commits, the real change among
+        export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy vs chance)."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        from mochi_pipeline.deployment.server import ModelServer
+
+        rows = list(load_dataset_dict(training_dataset)["eval"])
+        server = ModelServer(modelfile_source(gguf_model, export), model_id=export.name, n_ctx=export.n_ctx)
+        try:
+            report = evaluate_rerank(Assistant([], ProjectConventions(), server), rows, k=export.assist_candidates,
+                                     max_cases=export.assist_max_cases, log=context.log.info)
+        finally:
+            server.close()
+        context.log.info(report.markdown())
+        metadata: dict[str, Any] = {"report": dg.MetadataValue.md(report.markdown()), "cases": report.n_cases,
+                                    "candidates": report.candidates, "chance": report.chance}
+        if report.accuracy is not None:
+            groups = [*report.by_task, "all"]
+            png = comparison_png(groups, [report.chance] * len(groups),
+                                 [*(v["accuracy"] for v in report.by_task.values()), report.accuracy],
+                                 "top-1 accuracy", "Rerank of held-out changes", labels=("chance", "exported model"))
+            plot = atomic_write_bytes(paths.path("reports", "assist_evaluation.png"), png)
+            metadata.update({"accuracy": report.accuracy, "mrr": report.mrr,
+                             "example": dg.MetadataValue.json(report.example),
+                             "plot": png_markdown(png, "rerank accuracy vs chance"),
+                             "plot_png": dg.MetadataValue.path(str(plot))})
+        output = dg.Output(report, data_version=dg.DataVersion(content_hash(report.model_dump_json())),
+                           metadata=metadata)
+        passed = report.accuracy is None or report.accuracy > report.chance
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="rerank_beats_chance", passed=passed, severity=dg.AssetCheckSeverity.WARN,
+            description=report.skipped or f"top-1 {report.accuracy:.0%} vs chance {report.chance:.0%}",
+            metadata={"accuracy": report.accuracy if report.accuracy is not None else "not measured",
+                      "chance": report.chance})])
+
     return dg.Definitions(
-        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile],
+        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation],
         asset_checks=[gguf_matches_transformers],
     )

@@ -36,6 +36,11 @@ class ExportSettings(Section):
     ollama_template: str = Field(
         "", description="Hand-written Ollama TEMPLATE; '' = translated from the model's chat template."
     )
+    assist_candidates: int = Field(
+        4, ge=2, le=20, description="assist_evaluation: candidates per held-out case (the real change and k-1 from "
+        "other commits); chance is 1/k.",
+    )
+    assist_max_cases: int = Field(40, ge=1, description="assist_evaluation: held-out cases reranked (seeded sample).")
     host: str = Field("127.0.0.1", description="Address `mochi serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `mochi serve` listens on.")
     n_ctx: int = Field(0, ge=0, description="Context length of the served model; 0 = the model's training context.")

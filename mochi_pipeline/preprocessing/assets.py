@@ -22,6 +22,7 @@ from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing import cleaning, thread_cleaning
 from mochi_pipeline.preprocessing.cleaning import CLEANER_VERSION, CleanStats
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
+from mochi_pipeline.preprocessing.conventions import mine_conventions
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
 from mochi_pipeline.preprocessing.minhash import text_key
@@ -38,6 +39,7 @@ from mochi_pipeline.records import Chunk, CIFailure, Commit, DocSection, IssueTh
 GROUP = "preprocessing"
 PREVIEW_ROWS = 20
 NORMALIZER_VERSION = "1"
+CONVENTIONS_VERSION = "1"
 DEDUP_VERSION = "1"
 # Plain-text files (language "text") count as documentation only under these names or in docs folders.
 TEXT_DOC_STEMS = frozenset({"README", "CHANGELOG", "CHANGES", "HISTORY", "NEWS", "CONTRIBUTING", "INSTALL"})
@@ -171,6 +173,22 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         yield from checked(output, [dg.AssetCheckResult(
             check_name="doc_sections_not_empty", passed=not empty,
             metadata={"empty": len(empty), "examples": dg.MetadataValue.json(empty[:10])})])
+
+    @dg.asset(group_name=GROUP, kinds={"python"}, code_version=f"conventions{CONVENTIONS_VERSION}")
+    def project_conventions(context: dg.AssetExecutionContext, clean_files: list[SourceFile]) -> Iterator:
+        """How this project writes code (indentation, line length, naming, quotes, imports, error handling,
+        test layout), each with the share of the code that follows it: what `verify` checks new code against
+        and what `enhance` tells a large model."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        conventions = mine_conventions(clean_files)
+        summary = conventions.markdown()
+        context.log.info(f"Conventions of {sum(c.files for c in conventions.languages)} source files mined")
+        yield dg.Output(conventions, data_version=dg.DataVersion(records_hash([conventions])), metadata={
+            "languages": dg.MetadataValue.json({c.language: c.files for c in conventions.languages}),
+            "summary": dg.MetadataValue.md(summary or "no source file in a language mochi parses"),
+        })
 
     @dg.asset(
         group_name=GROUP,
@@ -311,5 +329,5 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
             "preview": dg.MetadataValue.md(preview),
         })
 
-    return dg.Definitions(assets=[clean_files, clean_commits, doc_sections, code_chunks, deduplicated_chunks,
-                                  clean_issue_threads, clean_ci_failures])
+    return dg.Definitions(assets=[clean_files, clean_commits, doc_sections, project_conventions, code_chunks,
+                                  deduplicated_chunks, clean_issue_threads, clean_ci_failures])

@@ -34,12 +34,13 @@ def loss_curve_png(history: list[dict[str, float]], title: str) -> bytes:
     return _png(fig)
 
 
-def comparison_png(groups: list[str], base: list[float], tuned: list[float], ylabel: str, title: str) -> bytes:
-    """Side-by-side bars of base and fine-tuned per group (task or language)."""
+def comparison_png(groups: list[str], base: list[float], tuned: list[float], ylabel: str, title: str,
+                   labels: tuple[str, str] = ("base", "fine-tuned")) -> bytes:
+    """Side-by-side bars of base and fine-tuned (or ``labels``) per group (task or language)."""
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(groups) + 2), 3.5))
     x = range(len(groups))
-    ax.bar([i - 0.2 for i in x], base, width=0.4, label="base")
-    ax.bar([i + 0.2 for i in x], tuned, width=0.4, label="fine-tuned")
+    ax.bar([i - 0.2 for i in x], base, width=0.4, label=labels[0])
+    ax.bar([i + 0.2 for i in x], tuned, width=0.4, label=labels[1])
     ax.set_xticks(list(x), groups, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

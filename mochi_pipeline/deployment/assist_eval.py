@@ -1,0 +1,121 @@
+"""How well ``rerank`` picks the real change among distractors, on the held-out (later) part of the history.
+
+Each case is an eval-split example (a later commit's change, else a later file's next block):
+its prompt, the real answer and ``k - 1`` answers of other held-out examples of the same task
+(other commits, same language where there are enough), shuffled with a seeded generator. The
+domain model ranks them with ``Assistant.rerank``; top-1 accuracy is compared with chance (1/k).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from mochi_pipeline.deployment.assist import Assistant, DomainModel
+from mochi_pipeline.records import Record
+
+TASKS = ("commit_change", "next_block")  # in the order cases are taken
+MIN_CASES = 3
+
+
+class RerankCase(BaseModel):
+    task: str
+    source: str = Field(description="Commit or path of the example.")
+    prompt: str
+    candidates: list[str]
+    answer: int = Field(description="Index of the real answer in ``candidates``.")
+
+
+class RerankReport(Record):
+    n_cases: int
+    candidates: int = Field(description="Candidates per case (k).")
+    accuracy: float | None = Field(description="Share of cases where the real answer ranked first.")
+    chance: float = Field(description="1/k: what picking at random scores.")
+    mrr: float | None = Field(description="Mean reciprocal rank of the real answer.")
+    by_task: dict[str, dict[str, float]] = Field(default_factory=dict)
+    skipped: str = Field("", description="Why there is no measurement, when there is none.")
+    example: dict = Field(default_factory=dict, description="One case with its ranking, for a person to read.")
+
+    def markdown(self) -> str:
+        if self.skipped:
+            return f"Rerank not measured: {self.skipped}"
+        rows = "\n".join(f"| {t} | {v['n']:.0f} | {v['accuracy']:.2f} | {v['mrr']:.2f} |" for t, v in
+                         self.by_task.items())
+        return (f"**Rerank on held-out changes**: the real answer ranked first in {self.accuracy:.0%} of "
+                f"{self.n_cases} cases with {self.candidates} candidates each (chance {self.chance:.0%}); "
+                f"MRR {self.mrr:.2f}.\n\n| task | cases | top-1 | MRR |\n|---|---:|---:|---:|\n{rows}\n")
+
+
+def _prompt(row: dict, model: DomainModel) -> str:
+    if row["task"] == "next_block":
+        return row["context"]
+    messages = [dict(m) for m in row["messages"]]
+    return model.chat_prompt(messages[:-1])
+
+
+def _source(row: dict) -> str:
+    return row.get("commit") or row.get("path") or row["id"]
+
+
+def rerank_cases(rows: list[dict], model: DomainModel, k: int, max_cases: int, seed: int) -> list[RerankCase]:
+    """Cases from held-out ``rows``: each real answer among ``k - 1`` from other sources of its task."""
+    rng = random.Random(seed)
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["task"] in TASKS and row["response"].strip():
+            by_task[row["task"]].append(row)
+    cases: list[RerankCase] = []
+    for task in TASKS:
+        pool = by_task[task]
+        for row in rng.sample(pool, len(pool)):
+            if len(cases) == max_cases:
+                return cases
+            others = [r for r in pool if _source(r) != _source(row) and r["response"] != row["response"]]
+            same_language = [r for r in others if r.get("language") == row.get("language")]
+            others = same_language if len(same_language) >= k - 1 else others
+            if len(others) < k - 1:
+                continue
+            candidates = [r["response"] for r in rng.sample(others, k - 1)]
+            answer = rng.randrange(k)
+            candidates.insert(answer, row["response"])
+            cases.append(RerankCase(task=task, source=_source(row), prompt=_prompt(row, model),
+                                    candidates=candidates, answer=answer))
+    return cases
+
+
+def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_cases: int = 40, seed: int = 0,
+                    log: Callable[[str], None] = print) -> RerankReport:
+    if assistant.model is None:
+        raise ValueError("evaluate_rerank needs the domain model.")
+    cases = rerank_cases(rows, assistant.model, k, max_cases, seed)
+    chance = 1.0 / k
+    if len(cases) < MIN_CASES:
+        return RerankReport(n_cases=len(cases), candidates=k, accuracy=None, chance=chance, mrr=None,
+                            skipped=f"only {len(cases)} held-out examples with {k - 1} distractors each "
+                                    f"(at least {MIN_CASES} needed); raise generation.eval_time_share or add history")
+    hits: dict[str, list[float]] = defaultdict(list)
+    reciprocal: dict[str, list[float]] = defaultdict(list)
+    example: dict = {}
+    for i, case in enumerate(cases, 1):
+        ranked = assistant.rerank(case.prompt, case.candidates)
+        rank = next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
+        hits[case.task].append(float(rank == 1))
+        reciprocal[case.task].append(1.0 / rank)
+        if not example:
+            example = {"task": case.task, "source": case.source, "real_answer_rank": rank,
+                       "scores": [{"candidate": r.candidate[:200], "score": r.score, "real": r.index == case.answer}
+                                  for r in ranked]}
+        if i % 10 == 0:
+            log(f"reranked {i}/{len(cases)} held-out cases")
+    all_hits = [h for v in hits.values() for h in v]
+    all_rr = [r for v in reciprocal.values() for r in v]
+    return RerankReport(
+        n_cases=len(cases), candidates=k, chance=round(chance, 4),
+        accuracy=round(sum(all_hits) / len(all_hits), 4), mrr=round(sum(all_rr) / len(all_rr), 4),
+        by_task={t: {"n": len(hits[t]), "accuracy": round(sum(hits[t]) / len(hits[t]), 4),
+                     "mrr": round(sum(reciprocal[t]) / len(reciprocal[t]), 4)} for t in hits},
+        example=example,
+    )
