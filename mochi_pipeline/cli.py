@@ -1,4 +1,4 @@
-"""The ``mochi`` command: init, run, status, report, export, serve, ui.
+"""The ``mochi`` command: init, run, status, report, export, serve, mcp, ui.
 
 Every command works on the project found from the current directory (or ``--config``) and keeps
 Dagster's run history in ``$DAGSTER_HOME`` or ``<artifacts>/dagster_home``, so the web UI and the
@@ -283,12 +283,14 @@ def cmd_export(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from mochi_pipeline.deployment.server import serve
+    from mochi_pipeline.deployment.server import API_KEY_ENV, serve
 
     cfg = load_config()
     exp = cfg.export
     model = Path(args.model) if args.model else _exported_gguf(cfg, args.quantization)
-    serve(model, host=args.host or exp.host, port=args.port or exp.port, model_id=exp.name, n_ctx=exp.n_ctx)
+    serve(model, host=args.host or exp.host, port=args.port or exp.port, model_id=exp.name, n_ctx=exp.n_ctx,
+          parallel=args.parallel, api_key=os.environ.get(args.api_key_env or API_KEY_ENV) or None,
+          assist_artifacts=cfg.artifacts_path)
 
 
 def _exported_gguf(cfg: MochiConfig, quantization: str) -> Path:
@@ -297,6 +299,22 @@ def _exported_gguf(cfg: MochiConfig, quantization: str) -> Path:
         raise CLIError(f"No {path.name} under {path.parent}. Run `mochi export` first (with {quantization} in "
                        "export.quantizations), or pass --model PATH.")
     return path
+
+
+def cmd_mcp(args) -> None:
+    from mochi_pipeline.deployment.assist import Assistant
+    from mochi_pipeline.deployment.mcp_server import build_mcp
+    from mochi_pipeline.deployment.server import ModelServer
+
+    cfg = load_config()
+    model = ModelServer(Path(args.model) if args.model else _exported_gguf(cfg, args.quantization),
+                        model_id=cfg.export.name, n_ctx=cfg.export.n_ctx)
+    mcp = build_mcp(Assistant.from_artifacts(cfg.artifacts_path, model), model)
+    if args.http:
+        print(f"mochi MCP server on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
+        mcp.run("streamable-http", host=args.host, port=args.port)
+    else:
+        mcp.run("stdio")  # stdout carries the protocol: everything else goes to stderr
 
 
 def cmd_ui(args) -> None:
@@ -345,7 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quantization", default="q8_0")
     s.add_argument("--host", help="Default: export.host in mochi.yaml (127.0.0.1).")
     s.add_argument("--port", type=int, help="Default: export.port in mochi.yaml (8080).")
+    s.add_argument("--parallel", type=int, default=4, help="Requests decoded together (slots of one context).")
+    s.add_argument("--api-key-env", metavar="NAME",
+                   help="Environment variable holding the API key clients must send (default MOCHI_API_KEY; "
+                   "unset = no key).")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("mcp", help="MCP server (stdio, or --http) with the project's model: mochi_context, "
+                       "mochi_rerank, mochi_verify, mochi_complete.")
+    s.add_argument("--model", help="GGUF file (default: the latest exported one).")
+    s.add_argument("--quantization", default="q8_0")
+    s.add_argument("--http", action="store_true", help="Serve streamable HTTP on --host/--port instead of stdio.")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.set_defaults(func=cmd_mcp)
 
     s = sub.add_parser("ui", help="Open the Dagster web UI on this project.")
     s.add_argument("--host", default="127.0.0.1")

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
             "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 16,
             "eval_max_new_tokens": 8}
-MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile"]
+MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile",
+                "assist_evaluation"]
 
 
 def write_config(repo: Path, **training) -> None:
@@ -64,7 +65,7 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     art = repo / ".mochi"
 
     run = mochi(repo, "run")
-    assert "Materializing 25 asset(s)" in run.stdout
+    assert "Materializing 27 asset(s)" in run.stdout
     gguf = read_asset_file(art / "assets" / "gguf_model.json")
     assert {f.quantization for f in gguf.files} == {"f16", "q8_0"}
     assert "\nFROM ./mochi-q8_0.gguf\n" in (art / "gguf" / "model" / "Modelfile").read_text()
@@ -72,10 +73,13 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     base, tuned = (report.metrics[m]["overall"] for m in ("base", "fine_tuned"))
     assert report.accepted and tuned["perplexity"] < base["perplexity"]
     assert (art / "training" / "accepted.json").is_file()
+    rerank = read_asset_file(art / "assets" / "assist_evaluation.json")
+    assert rerank.n_cases >= 3 and rerank.accuracy > rerank.chance  # held-out changes, picked by the trained model
 
     out = mochi(repo, "report").stdout
     assert "evaluation_report:" in out and "| **all** |" in out
     assert "Quality gate: passed" in out
+    assert "**Rerank on held-out changes**" in out and "assist_evaluation: " in out
     assert "llama.cpp completion from the exported q8_0 GGUF" in out
     assert "Nothing to do" in mochi(repo, "run").stdout
 
@@ -86,7 +90,7 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     assert set(status_of(repo).values()) == {"FRESH", "STALE"}
     run = mochi(repo, "run")
     # Everything but base_model and what reads only the trackers and CI systems (none set here).
-    assert "Materializing 20 asset(s)" in run.stdout
+    assert "Materializing 22 asset(s)" in run.stdout
     after = runs_of(repo)
     for name in MODEL_ASSETS + ["code_chunks", "training_dataset"]:
         assert len(after[name]) == len(before[name]) + 1, name

@@ -28,7 +28,14 @@ from mochi_pipeline.data_generation.code_facts import defined_names, short_name,
 from mochi_pipeline.deployment.retrieval import BM25Index
 from mochi_pipeline.ingestion.languages import language_for
 from mochi_pipeline.io_manager import asset_base, read_asset_file, stored_file
-from mochi_pipeline.preprocessing.conventions import STRONG, FileFacts, ProjectConventions, naming_style, restyle
+from mochi_pipeline.preprocessing.conventions import (
+    MIN_OBSERVED,
+    STRONG,
+    FileFacts,
+    ProjectConventions,
+    naming_style,
+    restyle,
+)
 from mochi_pipeline.records import Chunk
 
 
@@ -140,7 +147,7 @@ def convention_findings(code: str, language: str, conventions: ProjectConvention
 
 def _rare(share) -> bool:
     """The project (almost) never does this: at most 1 - STRONG of the cases, seen often enough to tell."""
-    return share is not None and share.observed >= 5 and share.share <= 1 - STRONG
+    return share is not None and share.observed >= MIN_OBSERVED and share.share <= 1 - STRONG
 
 
 def _python_findings(facts: FileFacts, lang) -> list[Finding]:
@@ -290,15 +297,15 @@ class Assistant:
         lines = code.splitlines()
         out = []
         for line, surprise, _ in sorted(per_line, key=lambda x: -x[1])[:top]:
-            if surprise <= typical * 1.5:
-                break  # no line stands out from the rest of the code
+            if surprise <= typical:
+                break  # the rest is as likely as the code around it
             before = header + "".join(f"{ln}\n" for ln in lines[: line - 1])
             indent = lines[line - 1][: len(lines[line - 1]) - len(lines[line - 1].lstrip())]
             own = model.complete(before + indent, max_tokens=48, stop=["\n"]).rstrip()
             out.append(Finding(
                 line=line, kind="surprise", rule="unlikely_line",
-                reason=f"the project's model finds this line unlikely: {surprise:.2f} nats/token against "
-                       f"{typical:.2f} for the code around it",
+                reason=f"the project's model finds this line unlikely: {surprise:.2f} nats/token against a median "
+                       f"of {typical:.2f} for the lines of this code",
                 suggestion=f"the model would write: {(indent + own).strip()}" if own.strip()
                 else "check this line against similar code in the project",
             ))

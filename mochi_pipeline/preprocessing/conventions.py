@@ -21,6 +21,7 @@ from mochi_pipeline.preprocessing.grammars import SPECS, definition_name, parser
 from mochi_pipeline.records import Record, SourceFile
 
 STRONG = 0.8  # a convention followed this often is one the project keeps
+MIN_OBSERVED = 3  # ... when seen at least this many times
 LINE_LIMITS = (79, 80, 88, 99, 100, 110, 120, 132, 150)
 _STYLES = {
     "snake_case": re.compile(r"_*[a-z][a-z0-9]*(_[a-z0-9]+)+_*"),
@@ -67,7 +68,7 @@ class Share(Record):
 
     @property
     def strong(self) -> bool:
-        return self.share >= STRONG and self.observed >= 5
+        return self.share >= STRONG and self.observed >= MIN_OBSERVED
 
 
 class LanguageConventions(Record):
@@ -146,7 +147,8 @@ def indent_unit(lines: list[str]) -> str | None:
             continue
         width = len(line) - len(line.lstrip(" "))
         if width > previous:
-            steps[f"{width - previous} spaces"] += 1
+            step = width - previous
+            steps[f"{step} space{'s' if step > 1 else ''}"] += 1
         previous = width
     return steps.most_common(1)[0][0] if steps else None
 

@@ -1,12 +1,20 @@
-"""Deployment fixtures: the tiny Llama + LoRA (cached), and the deployment assets materialized once."""
+"""Deployment fixtures: the tiny Llama + LoRA (cached), the deployment assets materialized once, and the tiny
+base in llama.cpp beside the sample project's chunks and conventions (assist, MCP)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from deploy_materialize import materialize_deployment
 from deploy_tiny_llama import cached_tiny_llama_and_adapter
+
+from mochi_pipeline.deployment.gguf_export import convert_hf_to_gguf
+from mochi_pipeline.deployment.server import ModelServer
+from mochi_pipeline.training.base_models import resolve_base
+from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +32,27 @@ def exported(tiny_model, tmp_path_factory):
         {"quantizations": ["f32", "f16", "q8_0", "q4_k_m"], "model_name": "tiny", "system_prompt": "You are terse."},
         ["gguf_model", "ollama_modelfile"],
     )
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    """The tiny base (pre-trained on Python's standard library: it knows generic code)."""
+    return Path(resolve_base("tiny", TEST_TINY_STEPS).path)
+
+
+@pytest.fixture(scope="session")
+def model(base_dir, tmp_path_factory):
+    gguf = convert_hf_to_gguf(base_dir, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", "f32")
+    server = ModelServer(gguf, model_id="tiny", n_ctx=1024)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def project(sample_repo, tmp_path_factory) -> Path:
+    """The sample repository with its chunks and conventions made by the real pipeline (`mochi run --select`)."""
+    repo = tmp_path_factory.mktemp("assist") / "repo"
+    shutil.copytree(sample_repo, repo)
+    (repo / ".gitignore").write_text(".mochi/\n")
+    mochi(repo, "run", "--select", "+deduplicated_chunks", "+project_conventions")
+    return repo
