@@ -5,6 +5,9 @@
 Without MODEL_DIR the random tiny Llama of the deployment tests is used (built once, cached).
 Both sides decode greedily, the same number of new tokens per prompt, on the same CPU threads.
 Target: llama.cpp at least 5x transformers' tokens/s.
+
+Then the server itself (`mochi serve`'s app on loopback, real HTTP): aggregate generated tokens/s
+with 8 concurrent clients against 1 client, same requests. Target: at least 3x (batched decoding).
 """
 
 from __future__ import annotations
@@ -63,6 +66,45 @@ def llama_cpp_tokens_per_s(gguf: Path, prompts: list[list[int]], new_tokens: int
         llm.close()
 
 
+def http_tokens_per_s(gguf: Path, clients: int, requests_each: int, new_tokens: int, threads: int) -> float:
+    """Generated tokens/s of ``clients`` concurrent HTTP clients against the server (``parallel`` = 8 slots)."""
+    import concurrent.futures
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from mochi_pipeline.deployment.server import ModelServer, create_app
+
+    model = ModelServer(gguf, model_id="bench", n_ctx=512, n_threads=threads, parallel=8)
+    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1/completions"
+
+    def client(i: int) -> int:
+        done = 0
+        with httpx.Client(timeout=300) as http:
+            for j in range(requests_each):
+                body = {"model": "bench", "prompt": PROMPTS[(i + j) % len(PROMPTS)], "max_tokens": new_tokens,
+                        "temperature": 0}
+                done += http.post(url, json=body).json()["usage"]["completion_tokens"]
+        return done
+
+    try:
+        client(0)  # warm-up
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            tokens = sum(pool.map(client, range(clients)))
+        return tokens / (time.perf_counter() - started)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        model.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", nargs="?", type=Path, help="Hugging Face model directory (merged model)")
@@ -88,12 +130,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = convert_hf_to_gguf(model_dir, Path(tmp) / "model-q8_0.gguf", "q8_0")
         llama = llama_cpp_tokens_per_s(gguf, prompts, args.new_tokens, args.threads)
+        one = http_tokens_per_s(gguf, 1, 8, args.new_tokens, args.threads)
+        eight = http_tokens_per_s(gguf, 8, 8, args.new_tokens, args.threads)
     hf = transformers_tokens_per_s(model_dir, prompts, args.new_tokens)
     print(f"model: {model_dir}")
     print(f"{len(PROMPTS)} prompts x {args.new_tokens} new tokens, greedy, {args.threads} threads")
     print(f"transformers generate (fp32):  {hf:8.1f} tokens/s")
     print(f"llama.cpp (q8_0 GGUF):         {llama:8.1f} tokens/s")
     print(f"ratio llama.cpp / transformers: {llama / hf:.1f}x (target >= 5x)")
+    print(f"server, 1 HTTP client:          {one:8.1f} generated tokens/s")
+    print(f"server, 8 concurrent clients:   {eight:8.1f} generated tokens/s")
+    print(f"ratio 8 clients / 1 client:     {eight / one:.1f}x (target >= 3x)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class _Job:
     # scheduler state
     fed: int = 0
     sent: int = 0  # characters of text already handed out
+    text_bytes: bytearray = field(default_factory=bytearray)  # the generated tokens' bytes so far
     generated: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     rng: np.random.Generator | None = None
@@ -240,7 +241,8 @@ class BatchEngine:
             self._finish(job, "stop")
             return True
         job.generated.append(token)
-        text = self._text(job.generated)
+        job.text_bytes += self.llm.detokenize([token])
+        text = job.text_bytes.decode("utf-8", errors="replace")
         stop_at = min((i for s in job.sampling.stop if (i := text.find(s)) >= 0), default=-1)
         if stop_at >= 0:
             self._emit(job, text[:stop_at])
@@ -258,16 +260,13 @@ class BatchEngine:
             return True
         return False
 
-    def _text(self, tokens: list[int]) -> str:
-        return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
-
     def _emit(self, job: _Job, upto: str) -> None:
         if len(upto) > job.sent:
             job.events.put(("piece", upto[job.sent:]))
             job.sent = len(upto)
 
     def _finish(self, job: _Job, reason: str, text: str | None = None) -> None:
-        text = self._text(job.generated) if text is None else text
+        text = job.text_bytes.decode("utf-8", errors="replace") if text is None else text
         self._emit(job, text)
         job.events.put(("done", Generation(text=text, finish_reason=reason, prompt_tokens=len(job.tokens),
                                            completion_tokens=len(job.generated))))
