@@ -55,3 +55,4 @@ def test_the_four_tools_over_stdio(project, model):
     assert any(f["rule"] == "function_naming" and f["suggestion"] == "rename to get_value" for f in findings)
     assert _text(out["complete"]) and isinstance(_text(out["infill"]), str)
     assert out["bad"].is_error and "candidates" in json.dumps(out["bad"].model_dump())
+
