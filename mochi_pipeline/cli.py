@@ -309,12 +309,8 @@ def cmd_mcp(args) -> None:
     cfg = load_config()
     model = ModelServer(Path(args.model) if args.model else _exported_gguf(cfg, args.quantization),
                         model_id=cfg.export.name, n_ctx=cfg.export.n_ctx)
-    mcp = build_mcp(Assistant.from_artifacts(cfg.artifacts_path, model), model)
-    if args.http:
-        print(f"mochi MCP server on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
-        mcp.run("streamable-http", host=args.host, port=args.port)
-    else:
-        mcp.run("stdio")  # stdout carries the protocol: everything else goes to stderr
+    # stdout carries the protocol: everything else goes to stderr
+    build_mcp(Assistant.from_artifacts(cfg.artifacts_path, model), model).run("stdio")
 
 
 def cmd_ui(args) -> None:
@@ -369,13 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "unset = no key).")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("mcp", help="MCP server (stdio, or --http) with the project's model: mochi_context, "
+    s = sub.add_parser("mcp", help="MCP server (stdio) with the project's model: mochi_context, "
                        "mochi_rerank, mochi_verify, mochi_complete.")
     s.add_argument("--model", help="GGUF file (default: the latest exported one).")
     s.add_argument("--quantization", default="q8_0")
-    s.add_argument("--http", action="store_true", help="Serve streamable HTTP on --host/--port instead of stdio.")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8765)
     s.set_defaults(func=cmd_mcp)
 
     s = sub.add_parser("ui", help="Open the Dagster web UI on this project.")

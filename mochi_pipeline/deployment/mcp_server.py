@@ -4,8 +4,7 @@ Tools: ``mochi_context`` (a context block for a task: retrieved code, convention
 note), ``mochi_rerank`` (candidates ordered by the domain model's likelihood), ``mochi_verify``
 (departures from the project's conventions and surprising lines) and ``mochi_complete``
 (completion, or fill-in-the-middle when a suffix is given, in the format the model was trained on).
-Served over stdio (Claude Code: ``claude mcp add mochi -- mochi mcp``) or streamable HTTP
-(``mochi mcp --http``).
+Served over stdio (Claude Code: ``claude mcp add mochi -- mochi mcp``).
 """
 
 from __future__ import annotations
