@@ -22,7 +22,8 @@ from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 # Fed by the trackers and CI systems, not by the repository.
 TRACKER_SIDE = {"issue_threads", "ci_failures", "clean_issue_threads", "clean_ci_failures"}
-AFTER_TRAINING = {"evaluation_report", "merged_model", "gguf_model", "gguf_lora_adapter", "ollama_modelfile"}
+AFTER_TRAINING = {"evaluation_report", "merged_model", "gguf_model", "gguf_lora_adapter", "ollama_modelfile",
+                  "assist_evaluation"}
 HELPER = '''def scale(values, factor):
     """Multiply every value by ``factor``."""
     scaled = []

@@ -43,6 +43,8 @@ FEATURES = datasets.Features(
         "response": datasets.Value("string"),
         "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
         "text": datasets.Value("string"),
+        "prefix": datasets.Value("string"),
+        "suffix": datasets.Value("string"),
         "task": datasets.Value("string"),
         "generator": datasets.Value("string"),
         "path": datasets.Value("string"),

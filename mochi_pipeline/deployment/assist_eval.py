@@ -1,6 +1,6 @@
 """How well ``rerank`` picks the real change among distractors, on the held-out (later) part of the history.
 
-Each case is an eval-split example (a later commit's change, else a later file's next block):
+Each case is an eval-split example (a later commit's change, else a later file's next block or line):
 its prompt, the real answer and ``k - 1`` answers of other held-out examples of the same task
 (other commits, same language where there are enough), shuffled with a seeded generator. The
 domain model ranks them with ``Assistant.rerank``; top-1 accuracy is compared with chance (1/k).
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from mochi_pipeline.deployment.assist import Assistant, DomainModel
 from mochi_pipeline.records import Record
 
-TASKS = ("commit_change", "next_block")  # in the order cases are taken
+TASKS = ("commit_change", "next_block", "next_line")  # in the order cases are taken
 MIN_CASES = 3
 
 
@@ -50,7 +50,7 @@ class RerankReport(Record):
 
 
 def _prompt(row: dict, model: DomainModel) -> str:
-    if row["task"] == "next_block":
+    if row["task"] in ("next_block", "next_line"):
         return row["context"]
     messages = [dict(m) for m in row["messages"]]
     return model.chat_prompt(messages[:-1])

@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from served_app import Running
 
 from mochi_pipeline.deployment.server import ChatMessage, InfillRequest, ModelServer, create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_server(exported):
-    return ModelServer(Path(exported[1]["gguf_model"].file("q8_0").path), model_id="tiny")
+    server = ModelServer(Path(exported[1]["gguf_model"].file("q8_0").path), model_id="tiny")
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="module")
 def base_url(model_server):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model_server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with Running(create_app(model_server)) as url:
+        yield url
 
 
 @pytest.fixture
