@@ -282,14 +282,29 @@ def cmd_export(args) -> None:
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")
 
 
-def cmd_serve(args) -> None:
-    from mochi_pipeline.deployment.server import API_KEY_ENV, serve
+def _api_key(args) -> tuple[str | None, str]:
+    """The key clients must send (None: no key) and the variable it came from."""
+    from mochi_pipeline.deployment.server import API_KEY_ENV
 
+    key_env = args.api_key_env or API_KEY_ENV
+    api_key = os.environ.get(key_env) or None
+    if args.api_key_env and not api_key:  # named on purpose: serving without the key would be a surprise
+        raise CLIError(f"--api-key-env {key_env}: ${key_env} is not set (or empty). Export the key first, "
+                       f"or leave out --api-key-env to serve without one.")
+    return api_key, key_env
+
+
+def cmd_serve(args) -> None:
+    from mochi_pipeline.deployment.server import serve
+
+    if args.parallel < 1:
+        raise CLIError(f"--parallel must be at least 1 (got {args.parallel}): it is how many requests decode together.")
+    api_key, key_env = _api_key(args)
     cfg = load_config()
     exp = cfg.export
     model = Path(args.model) if args.model else _exported_gguf(cfg, args.quantization)
-    serve(model, host=args.host or exp.host, port=args.port or exp.port, model_id=exp.name, n_ctx=exp.n_ctx,
-          parallel=args.parallel, api_key=os.environ.get(args.api_key_env or API_KEY_ENV) or None,
+    serve(model, host=args.host or exp.host, port=exp.port if args.port is None else args.port, model_id=exp.name,
+          n_ctx=exp.n_ctx, parallel=args.parallel, api_key=api_key, api_key_env=key_env,
           assist_artifacts=cfg.artifacts_path)
 
 
@@ -303,14 +318,24 @@ def _exported_gguf(cfg: MochiConfig, quantization: str) -> Path:
 
 def cmd_mcp(args) -> None:
     from mochi_pipeline.deployment.assist import Assistant
-    from mochi_pipeline.deployment.mcp_server import build_mcp
+    from mochi_pipeline.deployment.mcp_server import build_mcp, serve_http
     from mochi_pipeline.deployment.server import ModelServer
 
+    if not args.http and (args.host or args.port is not None or args.api_key_env):
+        raise CLIError("--host, --port and --api-key-env are for --http (stdio has no network to guard).")
+    api_key, key_env = _api_key(args)  # the same key as `mochi serve`
     cfg = load_config()
     model = ModelServer(Path(args.model) if args.model else _exported_gguf(cfg, args.quantization),
                         model_id=cfg.export.name, n_ctx=cfg.export.n_ctx)
-    # stdout carries the protocol: everything else goes to stderr
-    build_mcp(Assistant.from_artifacts(cfg.artifacts_path, model), model).run("stdio")
+    mcp = build_mcp(Assistant.from_artifacts(cfg.artifacts_path, model), model)
+    try:
+        if args.http:
+            serve_http(mcp, host=args.host or "127.0.0.1", port=8765 if args.port is None else args.port,
+                       api_key=api_key, api_key_env=key_env)
+        else:
+            mcp.run("stdio")  # stdout carries the protocol: everything else goes to stderr
+    finally:
+        model.close()
 
 
 def cmd_ui(args) -> None:
@@ -358,17 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="GGUF file (default: the latest exported one).")
     s.add_argument("--quantization", default="q8_0")
     s.add_argument("--host", help="Default: export.host in mochi.yaml (127.0.0.1).")
-    s.add_argument("--port", type=int, help="Default: export.port in mochi.yaml (8080).")
-    s.add_argument("--parallel", type=int, default=4, help="Requests decoded together (slots of one context).")
+    s.add_argument("--port", type=int, help="Default: export.port in mochi.yaml (8080); 0: any free port.")
+    s.add_argument("--parallel", type=int, default=4,
+                   help="Requests decoded together (slots of one llama.cpp context); default 4.")
     s.add_argument("--api-key-env", metavar="NAME",
-                   help="Environment variable holding the API key clients must send (default MOCHI_API_KEY; "
-                   "unset = no key).")
+                   help="Environment variable holding the API key clients must send as `Authorization: Bearer "
+                   "<key>` (default MOCHI_API_KEY, where unset means no key; a variable named here must be set).")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("mcp", help="MCP server (stdio) with the project's model: mochi_context, "
-                       "mochi_rerank, mochi_verify, mochi_complete.")
+    s = sub.add_parser("mcp", help="MCP server (stdio, or streamable HTTP with --http) with the project's model: "
+                       "mochi_context, mochi_rerank, mochi_verify, mochi_complete.")
     s.add_argument("--model", help="GGUF file (default: the latest exported one).")
     s.add_argument("--quantization", default="q8_0")
+    s.add_argument("--http", action="store_true", help="Serve streamable HTTP at http://HOST:PORT/mcp, not stdio.")
+    s.add_argument("--host", help="With --http; default 127.0.0.1.")
+    s.add_argument("--port", type=int, help="With --http; default 8765; 0: any free port.")
+    s.add_argument("--api-key-env", metavar="NAME",
+                   help="With --http: as for `mochi serve` (default MOCHI_API_KEY, where unset means no key).")
     s.set_defaults(func=cmd_mcp)
 
     s = sub.add_parser("ui", help="Open the Dagster web UI on this project.")

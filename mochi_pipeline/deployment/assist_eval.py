@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, Field
 
 from mochi_pipeline.deployment.assist import Assistant, DomainModel
+from mochi_pipeline.deployment.engine import ContextLengthError
 from mochi_pipeline.records import Record
 
 TASKS = ("commit_change", "next_block", "next_line")  # in the order cases are taken
@@ -35,6 +36,7 @@ class RerankReport(Record):
     accuracy: float | None = Field(description="Share of cases where the real answer ranked first.")
     chance: float = Field(description="1/k: what picking at random scores.")
     mrr: float | None = Field(description="Mean reciprocal rank of the real answer.")
+    too_long: int = Field(0, description="Cases left out: prompt and candidate longer than the model's context.")
     by_task: dict[str, dict[str, float]] = Field(default_factory=dict)
     skipped: str = Field("", description="Why there is no measurement, when there is none.")
     example: dict = Field(default_factory=dict, description="One case with its ranking, for a person to read.")
@@ -46,7 +48,8 @@ class RerankReport(Record):
                          self.by_task.items())
         return (f"**Rerank on held-out changes**: the real answer ranked first in {self.accuracy:.0%} of "
                 f"{self.n_cases} cases with {self.candidates} candidates each (chance {self.chance:.0%}); "
-                f"MRR {self.mrr:.2f}.\n\n| task | cases | top-1 | MRR |\n|---|---:|---:|---:|\n{rows}\n")
+                f"MRR {self.mrr:.2f}{f'; {self.too_long} longer than the context left out' if self.too_long else ''}."
+                f"\n\n| task | cases | top-1 | MRR |\n|---|---:|---:|---:|\n{rows}\n")
 
 
 def _prompt(row: dict, model: DomainModel) -> str:
@@ -90,17 +93,20 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
                     log: Callable[[str], None] = print) -> RerankReport:
     if assistant.model is None:
         raise ValueError("evaluate_rerank needs the domain model.")
-    cases = rerank_cases(rows, assistant.model, k, max_cases, seed)
     chance = 1.0 / k
-    if len(cases) < MIN_CASES:
-        return RerankReport(n_cases=len(cases), candidates=k, accuracy=None, chance=chance, mrr=None,
-                            skipped=f"only {len(cases)} held-out examples with {k - 1} distractors each "
-                                    f"(at least {MIN_CASES} needed); raise generation.eval_time_share or add history")
     hits: dict[str, list[float]] = defaultdict(list)
     reciprocal: dict[str, list[float]] = defaultdict(list)
     example: dict = {}
-    for i, case in enumerate(cases, 1):
-        ranked = assistant.rerank(case.prompt, case.candidates)
+    too_long = 0
+    # Every possible case, measured until max_cases fit the model's context (a long diff may not).
+    for case in rerank_cases(rows, assistant.model, k, len(rows), seed):
+        if sum(len(v) for v in hits.values()) == max_cases:
+            break
+        try:
+            ranked = assistant.rerank(case.prompt, case.candidates)
+        except ContextLengthError:
+            too_long += 1
+            continue
         rank = next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
         hits[case.task].append(float(rank == 1))
         reciprocal[case.task].append(1.0 / rank)
@@ -108,12 +114,19 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
             example = {"task": case.task, "source": case.source, "real_answer_rank": rank,
                        "scores": [{"candidate": r.candidate[:200], "score": r.score, "real": r.index == case.answer}
                                   for r in ranked]}
-        if i % 10 == 0:
-            log(f"reranked {i}/{len(cases)} held-out cases")
+        if (done := sum(len(v) for v in hits.values())) % 10 == 0:
+            log(f"reranked {done} held-out cases")
     all_hits = [h for v in hits.values() for h in v]
+    left_out = f"; {too_long} left out, longer than the model's context" if too_long else ""
+    if len(all_hits) < MIN_CASES:
+        return RerankReport(n_cases=len(all_hits), candidates=k, accuracy=None, chance=chance, mrr=None,
+                            too_long=too_long,
+                            skipped=f"only {len(all_hits)} held-out examples with {k - 1} distractors each "
+                                    f"(at least {MIN_CASES} needed{left_out}); raise generation.eval_time_share "
+                                    "or add history")
     all_rr = [r for v in reciprocal.values() for r in v]
     return RerankReport(
-        n_cases=len(cases), candidates=k, chance=round(chance, 4),
+        n_cases=len(all_hits), candidates=k, chance=round(chance, 4), too_long=too_long,
         accuracy=round(sum(all_hits) / len(all_hits), 4), mrr=round(sum(all_rr) / len(all_rr), 4),
         by_task={t: {"n": len(hits[t]), "accuracy": round(sum(hits[t]) / len(hits[t]), 4),
                      "mrr": round(sum(reciprocal[t]) / len(reciprocal[t]), 4)} for t in hits},

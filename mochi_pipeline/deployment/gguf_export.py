@@ -108,12 +108,25 @@ def _check_model_dir(model_dir: Path) -> None:
         raise GGUFExportError(f"{model_dir} is not a Hugging Face model directory (no config.json).")
 
 
+def _gguf_name(model_dir: Path, model_name: str | None) -> str | None:
+    """The ``general.name`` to write. llama.cpp keys one tokenizer rule on it: Phi-3's chat tokens swallow the
+    whitespace after them (as Phi-3's tokenizer.json says, and training saw) only when the name contains
+    "phi3" or "phi-3" (llama-vocab.cpp), so a Phi-3 export keeps that in its name."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    sentencepiece_phi3 = "Phi3ForCausalLM" in (config.get("architectures") or []) and (
+        model_dir / "tokenizer.model").is_file()  # Phi-4-mini shares the class with a GPT-2 vocabulary
+    if sentencepiece_phi3 and not any(key in (model_name or "").lower() for key in ("phi3", "phi-3")):
+        return f"{model_name}-phi3" if model_name else "phi3"
+    return model_name
+
+
 def convert_hf_to_gguf(model_dir: Path, dest: Path, outtype: str, model_name: str | None = None) -> Path:
     """Run ``convert_hf_to_gguf.py --outtype outtype`` on ``model_dir``; write ``dest`` atomically."""
     if outtype not in CONVERTER_TYPES:
         raise GGUFExportError(f"The converter makes {CONVERTER_TYPES}, not {outtype!r}.")
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
+    model_name = _gguf_name(model_dir, model_name)
     with _atomic_file(Path(dest)) as tmp:
         args = [str(model_dir), "--outtype", outtype, "--outfile", str(tmp)]
         if model_name:

@@ -8,6 +8,7 @@ still wrapped by PEFT has ``base_layer`` tensors the converter rejects).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -66,5 +67,10 @@ def merge(
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        # save_pretrained writes tokenizer.json only; llama.cpp's converters for SentencePiece vocabularies
+        # (Phi-3, Llama 2, Mistral) read the base's tokenizer.model, so it travels with the merged model.
+        sentencepiece = Path(base.path) / "tokenizer.model"
+        if sentencepiece.is_file() and not (tmp / "tokenizer.model").exists():
+            shutil.copy2(sentencepiece, tmp / "tokenizer.model")
         (tmp / "README.md").write_text(model_card(base, method, data_description, metrics), encoding="utf-8")
     return out_dir

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mochi_pipeline.deployment.assist import Assistant, AssistError, line_surprise
 from mochi_pipeline.deployment.assist_api import assist_router
+from mochi_pipeline.deployment.assist_eval import evaluate_rerank
 from mochi_pipeline.deployment.server import create_app
 
 pytestmark = pytest.mark.slow
@@ -102,3 +103,17 @@ def test_http_endpoints(assistant, model):
         bad = client.post("/assist/rerank", json={"prompt": "x", "candidates": []})
         assert bad.status_code == 400 and "candidates" in bad.json()["error"]["message"]
         assert client.post("/assist/verify", json={"code": "   "}).json()["error"]["message"] == "No code to verify."
+
+
+def test_rerank_evaluation_leaves_out_cases_longer_than_the_context(assistant, model):
+    """A held-out diff longer than the model's context is counted and left out, not a failed asset."""
+    lines = ["    return total\n", "    raise ValueError(name)\n", "    yield from items\n", "    del cache[key]\n",
+             "    print(message)\n"]
+    rows = [{"task": "next_line", "path": f"pkg/m{i}.py", "language": "python", "id": str(i),
+             "context": f"def f{i}(name, total, items, cache, key, message):\n", "response": line}
+            for i, line in enumerate(lines)]
+    huge = "x = 1\n" * model.n_ctx()  # one token a line at least: no room left
+    rows.append({**rows[0], "id": "long", "path": "pkg/long.py", "context": huge})
+    report = evaluate_rerank(assistant, rows, k=3, seed=1, log=lambda _m: None)
+    assert report.too_long == 1 and report.n_cases == len(lines)
+    assert "longer than the context left out" in report.markdown()
