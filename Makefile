@@ -4,7 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test dev bench lint clean
+.PHONY: demo test dev bench lint clean system-deps
+
+# The servers and browser the tests start themselves on loopback (PostgreSQL, Redis, headless Chromium),
+# from Debian's packages; installed once, only where missing.
+SYSTEM_BINARIES := /usr/lib/postgresql/15/bin/postgres /usr/bin/redis-server /usr/bin/chromium
+system-deps:
+	@for f in $(SYSTEM_BINARIES); do test -x $$f || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+	    --no-install-recommends postgresql redis-server chromium; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/mochi run
 	$(BIN)/mochi report
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 dev: $(STAMP)

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from mochi_pipeline.data_generation.settings import GenerationSettings
 from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline.execution import ExecutionSettings
 from mochi_pipeline.ingestion.settings import CISettings, RepoSettings, SourceSettings, TrackerSettings
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.settings import (
@@ -97,6 +98,7 @@ class MochiConfig(Section):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     # Filled in by ``load_config``: the directory relative paths are resolved against.
     base_dir: str = Field("", exclude=True, description="Directory of mochi.yaml (internal).")

@@ -1,4 +1,4 @@
-"""The two things mochi needs that Dagster 1.13 has no public API for; the only module using ``dagster._core``.
+"""What mochi needs that Dagster 1.13 has no public API for; the only module using ``dagster._core``.
 
 - The stale status the UI shows. Dagster marks an asset STALE when its code version changed or a
   *direct* parent has a new data version; ``asset_statuses`` adds, for each asset, the non-fresh
@@ -6,14 +6,18 @@
 - ``forget_input_version``: a step that records the first observation of its own input (the
   repository, on a new instance) makes Dagster re-read that input's data version for the
   provenance it stores, instead of the one it read when the step started.
+- ``config_errors``: an executor's config checked against its schema when mochi.yaml is read, without
+  resolving ``env:`` values (``dg.validate_run_config`` would need them set where the code loads).
 ``test_dagster_internals.py`` pins the behaviour relied on, so an upgrade that changes it fails there first.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._config import validate_config
 from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 
@@ -68,3 +72,13 @@ def descendants(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
                 seen.add(child)
                 todo.append(child)
     return seen
+
+
+def config_errors(schema, value: object) -> list[str]:
+    """What is wrong with ``value`` for a config ``schema`` (an executor's ``config_schema``); [] if nothing."""
+    result = validate_config(schema.config_type, value)
+    if result.success:
+        return []
+    keys = ", ".join(sorted(getattr(schema.config_type, "fields", {})))
+    # Dagster ends an unknown key's message with the whole schema, hard to read in one line: name the keys instead.
+    return [re.sub(r'\.? Expected: ".*', f" (known keys: {keys}).", e.message, flags=re.S) for e in result.errors]

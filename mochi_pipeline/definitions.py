@@ -12,6 +12,7 @@ from mochi_pipeline import automation
 from mochi_pipeline.config import MochiConfig, load_config
 from mochi_pipeline.data_generation import assets as data_generation
 from mochi_pipeline.deployment import assets as deployment
+from mochi_pipeline.execution import build_executor
 from mochi_pipeline.incremental import chain_code_versions
 from mochi_pipeline.ingestion import assets as ingestion
 from mochi_pipeline.io_manager import ArtifactIOManager
@@ -39,6 +40,7 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
             assets=assets,
             asset_checks=[c for layer in layers for c in layer.asset_checks or []],
             resources=resources,
+            executor=build_executor(cfg.execution),
         ),
         automation.build_defs(cfg.automation, cfg.repo, cfg.trackers, cfg.ci, paths),
     )

@@ -111,10 +111,14 @@ def test_assets_that_talk_to_a_network_retry_and_local_ones_do_not(sample_repo, 
     assert retried(local) == set()
 
 
-def test_the_instance_config_loads_with_run_retries(tmp_path):
+def test_the_instance_config_loads_with_run_retries_one_run_and_one_gpu_step_at_a_time(tmp_path):
     import shutil
 
     shutil.copyfile(PACKAGE.parent / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:  # Dagster validates the file here
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 1
+        assert concurrency.pool_config.default_pool_limit == 1  # the limit of the `gpu` pool, mochi's only one
+        assert instance.event_log_storage.supports_global_concurrency_limits  # SQLite enforces pools too

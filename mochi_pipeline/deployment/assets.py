@@ -21,6 +21,7 @@ from mochi_pipeline.deployment.exporter import modelfile_source, write_modelfile
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline.execution import CONVERT_POD, GPU_POOL
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
@@ -59,6 +60,8 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
         group_name=GROUP,
         kinds={"gguf", "llamacpp"},
         code_version=f"{LOGIC_VERSION}-{export.signature('quantizations', 'model_name')}",
+        pool=GPU_POOL,  # a whole model in memory, like training
+        op_tags=CONVERT_POD,
     )
     def gguf_model(context: dg.AssetExecutionContext, merged_model: MergedModel) -> Iterator:
         """The merged fine-tuned model as GGUF files (export.quantizations), converted by llama.cpp's own
@@ -99,6 +102,8 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
         group_name=GROUP,
         kinds={"gguf", "llamacpp"},
         code_version=f"{LOGIC_VERSION}-{export.signature('model_name', 'lora_outtype')}",
+        pool=GPU_POOL,  # a whole model in memory, like training
+        op_tags=CONVERT_POD,
         check_specs=[dg.AssetCheckSpec("lora_reproduces_merged_model", asset="gguf_lora_adapter",
                                        description="Base GGUF + LoRA GGUF in llama.cpp = base + adapter merged "
                                                    "in transformers.")],

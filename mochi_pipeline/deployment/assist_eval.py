@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import zip_longest
 
 from pydantic import BaseModel, Field
 
@@ -18,7 +19,7 @@ from mochi_pipeline.deployment.assist import Assistant, DomainModel
 from mochi_pipeline.deployment.engine import ContextLengthError
 from mochi_pipeline.records import Record
 
-TASKS = ("commit_change", "next_block", "next_line")  # in the order cases are taken
+TASKS = ("commit_change", "next_block", "next_line")  # taken in turn
 MIN_CASES = 3
 
 
@@ -64,18 +65,18 @@ def _source(row: dict) -> str:
 
 
 def rerank_cases(rows: list[dict], model: DomainModel, k: int, max_cases: int, seed: int) -> list[RerankCase]:
-    """Cases from held-out ``rows``: each real answer among ``k - 1`` from other sources of its task."""
+    """Cases from held-out ``rows``: each real answer among ``k - 1`` from other sources of its task, the tasks
+    taken in turn (so a cap on cases leaves each its share)."""
     rng = random.Random(seed)
     by_task: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         if row["task"] in TASKS and row["response"].strip():
             by_task[row["task"]].append(row)
-    cases: list[RerankCase] = []
+    per_task: list[list[RerankCase]] = []
     for task in TASKS:
         pool = by_task[task]
+        cases: list[RerankCase] = []
         for row in rng.sample(pool, len(pool)):
-            if len(cases) == max_cases:
-                return cases
             others = [r for r in pool if _source(r) != _source(row) and r["response"] != row["response"]]
             same_language = [r for r in others if r.get("language") == row.get("language")]
             others = same_language if len(same_language) >= k - 1 else others
@@ -86,7 +87,9 @@ def rerank_cases(rows: list[dict], model: DomainModel, k: int, max_cases: int, s
             candidates.insert(answer, row["response"])
             cases.append(RerankCase(task=task, source=_source(row), prompt=_prompt(row, model),
                                     candidates=candidates, answer=answer))
-    return cases
+        per_task.append(cases)
+    in_turn = [case for turn in zip_longest(*per_task) for case in turn if case is not None]
+    return in_turn[:max_cases]
 
 
 def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_cases: int = 40, seed: int = 0,

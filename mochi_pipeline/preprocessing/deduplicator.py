@@ -6,7 +6,8 @@ vectorised) and LSH banding with the bands and rows datasketch's MinHashLSH woul
 (``DedupSettings``: n, permutations, Jaccard threshold); LSH candidates are confirmed with the
 signatures' estimated Jaccard, then joined by union-find, so a cluster is closed under "near
 duplicate of a member". Signatures already known (computed by the chunking workers, kept in a
-``SignatureStore``) are not computed again.
+``SignatureStore``) are not computed again. The LSH index lives in memory or, for large corpora, in
+Redis (``dedup.lsh_storage``, see ``lsh_index``): the same chunks are kept either way.
 
 The representative of a cluster is the chunk from the oldest file (last-commit date; the
 original, usually), then the shortest path, then the path, then the earliest line: the same input
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mochi_pipeline.preprocessing import minhash
+from mochi_pipeline.preprocessing.lsh_index import LSHIndex, open_index
 from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.parallel import shared_pool
 from mochi_pipeline.preprocessing.settings import DedupSettings
@@ -108,6 +110,13 @@ def deduplicate(chunks: list[Chunk], settings: DedupSettings, known: Mapping[str
 
     ``known`` holds signatures by text key already computed; the others are computed here.
     """
+    # Redis first (``dedup.lsh_storage: redis``): unreachable, it fails before any signature is computed.
+    with open_index(settings) as index:
+        return _deduplicate(chunks, settings, known or {}, workers, index)
+
+
+def _deduplicate(chunks: list[Chunk], settings: DedupSettings, known: Mapping[str, Signed], workers: int,
+                 index: LSHIndex) -> DedupResult:
     groups: dict[str, list[int]] = {}
     for i, chunk in enumerate(chunks):
         groups.setdefault(text_key(chunk.text), []).append(i)
@@ -116,7 +125,6 @@ def deduplicate(chunks: list[Chunk], settings: DedupSettings, known: Mapping[str
     heads = [min(groups[k], key=lambda i: representative_key(chunks[i])) for k in keys]
     members_of = dict(zip(heads, groups.values(), strict=True))
 
-    known = known or {}
     missing = [n for n, k in enumerate(keys) if k not in known]
     computed = dict(zip(missing, signed_texts([chunks[heads[n]].text for n in missing], settings, workers),
                         strict=True))
@@ -124,7 +132,7 @@ def deduplicate(chunks: list[Chunk], settings: DedupSettings, known: Mapping[str
     sigs = [sig for sig, _ in entries]
     with_words = [n for n, sig in enumerate(sigs) if sig is not None]
     uf = _UnionFind(len(heads))
-    for a, b in minhash.near_pairs([sigs[n] for n in with_words], settings.threshold):
+    for a, b in index.near_pairs([keys[n] for n in with_words], [sigs[n] for n in with_words]):
         uf.union(with_words[a], with_words[b])
 
     near: dict[int, list[int]] = {}

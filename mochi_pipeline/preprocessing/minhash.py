@@ -4,7 +4,8 @@ A text's shingles are its word n-grams. Each word is hashed once (crc32, memoise
 hash combines its words' hashes polynomially, for all n-grams of a text at once. The signature is
 datasketch's ``MinHash`` with the ``affine32`` scheme over those shingle hashes: the same
 permutations and the same values ``MinHash.update_batch`` computes (tested), without a Python
-call per shingle. Banding uses the bands and rows datasketch's ``MinHashLSH`` would choose.
+call per shingle. Banding uses the bands and rows datasketch's ``MinHashLSH`` would choose; buckets become candidate
+pairs and confirmed pairs here whether the banding ran in memory or in a Redis index (``lsh_index``).
 
 ``SignatureStore`` keeps signatures by text hash under the artifacts root, per settings, so a
 text seen once is never hashed again: the chunking workers fill it as they cut chunks, and
@@ -18,7 +19,7 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return int(b), int(r)
 
 
-def _band_groups(matrix: np.ndarray, threshold: float) -> Iterable[np.ndarray]:
+def band_groups(matrix: np.ndarray, threshold: float) -> Iterable[np.ndarray]:
     """Row indices that share a whole LSH band, one array per bucket of two or more."""
     bands, r = lsh_bands(threshold, matrix.shape[1])
     for band in range(bands):
@@ -141,19 +142,31 @@ def _band_groups(matrix: np.ndarray, threshold: float) -> Iterable[np.ndarray]:
         yield from np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
 
 
+def candidate_pairs(buckets: Iterable[Iterable[int]]) -> set[tuple[int, int]]:
+    """Index pairs (i < j) to compare from LSH buckets of two or more: every pair in a bucket, or for a bucket
+    larger than ``MAX_FULL_BUCKET`` its lowest index with each other one."""
+    pairs: set[tuple[int, int]] = set()
+    for bucket in buckets:
+        members = sorted(int(i) for i in bucket)
+        if len(members) > MAX_FULL_BUCKET:
+            pairs.update((members[0], b) for b in members[1:])
+        else:
+            pairs.update((a, b) for n, a in enumerate(members) for b in members[n + 1:])
+    return pairs
+
+
+def confirmed_pairs(pairs: Iterable[tuple[int, int]], sigs: Sequence[np.ndarray] | np.ndarray,
+                    threshold: float) -> set[tuple[int, int]]:
+    """The ``pairs`` whose signatures' estimated Jaccard is at least ``threshold``."""
+    return {(i, j) for i, j in pairs if float(np.mean(sigs[i] == sigs[j])) >= threshold}
+
+
 def near_pairs(sigs: list[np.ndarray], threshold: float) -> set[tuple[int, int]]:
     """Index pairs (i < j) sharing an LSH band whose estimated Jaccard is at least ``threshold``."""
     if len(sigs) < 2:
         return set()
     matrix = np.stack(sigs)
-    pairs: set[tuple[int, int]] = set()
-    for group in _band_groups(matrix, threshold):
-        members = sorted(int(i) for i in group)
-        if len(members) > MAX_FULL_BUCKET:
-            pairs.update((members[0], b) for b in members[1:])
-        else:
-            pairs.update((a, b) for n, a in enumerate(members) for b in members[n + 1:])
-    return {(i, j) for i, j in pairs if float(np.mean(matrix[i] == matrix[j])) >= threshold}
+    return confirmed_pairs(candidate_pairs(band_groups(matrix, threshold)), matrix, threshold)
 
 
 def near_any(queries: list[np.ndarray], references: list[np.ndarray], threshold: float) -> set[int]:
@@ -163,7 +176,7 @@ def near_any(queries: list[np.ndarray], references: list[np.ndarray], threshold:
     matrix = np.stack([*references, *queries])
     first_query = len(references)
     hits: set[int] = set()
-    for group in _band_groups(matrix, threshold):
+    for group in band_groups(matrix, threshold):
         refs = group[group < first_query]
         for q in group[group >= first_query]:
             if int(q) - first_query not in hits and any(

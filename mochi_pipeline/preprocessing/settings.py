@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mochi_pipeline.settings_base import Section
 
@@ -36,13 +39,91 @@ class ChunkingSettings(Section):
         return self
 
 
+class LSHStorage(StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+REDIS_PREFIX = re.compile(r"[A-Za-z0-9:._-]+")
+
+
 class DedupSettings(Section):
+    """How chunks are deduplicated (``ngram`` to ``seed``), and where the LSH index lives (the rest).
+
+    Where the index lives never changes which chunks are kept (tested), so the ``lsh_storage`` and
+    ``redis_*`` fields are left out of ``signature()``: moving the index does not make
+    ``deduplicated_chunks`` stale.
+    """
+
     ngram: int = Field(5, ge=1, description="Word n-gram size of the MinHash shingles (The Stack: 5).")
     num_perm: int = Field(256, ge=16, description="MinHash permutations (The Stack: 256).")
     threshold: float = Field(
         0.7, gt=0.0, le=1.0, description="Jaccard similarity above which two chunks are near duplicates."
     )
     seed: int = Field(1, description="MinHash seed.")
+    lsh_storage: LSHStorage = Field(
+        LSHStorage.MEMORY, description="Where the LSH index lives: memory (built anew in each run) or redis "
+        "(datasketch's Redis storage at redis_url: kept between runs, so a run only adds the texts it has not "
+        "indexed before, and shared by every project using that Redis). The same chunks are kept either way.",
+    )
+    redis_url: str = Field("redis://localhost:6379/0", description="The Redis of lsh_storage: redis "
+                           "(redis://, rediss:// or unix://; without a password: see redis_password_env).")
+    redis_password_env: str = Field("MOCHI_REDIS_PASSWORD", description="Environment variable holding the Redis "
+                                    "password (unset = none). Read when deduplication runs, never logged or stored.")
+    redis_prefix: str = Field("mochi:dedup", description="Prefix of the index's Redis keys: one index per ngram, "
+                              "num_perm, seed and LSH bands (from threshold) under it.")
+    redis_prune_days: float = Field(30, ge=0, description="Entries of texts no run has deduplicated for this many "
+                                    "days are removed from the index, and so are the indexes of other dedup "
+                                    "settings unused as long (0 = keep everything).")
+    redis_timeout_s: float = Field(10.0, gt=0, description="Seconds to connect to Redis and to wait for one "
+                                   "reply (each command is retried 3 times, with backoff).")
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("ngram", "num_perm", "threshold", "seed")
+
+    def signature(self, *fields: str) -> str:
+        """Hash of the fields that decide the result (or of ``fields``): not of where the index lives."""
+        return super().signature(*(fields or self.RESULT_FIELDS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_url(cls, data: Any) -> Any:
+        # On the whole section, not the field: an error then shows the section as {...}, never the URL,
+        # which may hold a password.
+        value = data.get("redis_url") if isinstance(data, dict) else None
+        if isinstance(value, str):
+            try:
+                url = urlsplit(value)
+                password = url.password
+            except ValueError:
+                url, password = None, None
+            if url is None or url.scheme not in REDIS_URL_SCHEMES or "://" not in value:
+                raise ValueError("redis_url is not a Redis URL: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB "
+                                 "or unix:///PATH")
+            if password is not None:
+                raise ValueError("redis_url holds a password, which does not belong in mochi.yaml: remove it "
+                                 "from the URL and put it in the environment variable named by "
+                                 "dedup.redis_password_env")
+        return data
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not REDIS_PREFIX.fullmatch(value):
+            raise ValueError("use letters, digits and : . _ - only")
+        return value
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> DedupSettings:
+        if self.lsh_storage == LSHStorage.REDIS:
+            from mochi_pipeline.preprocessing.minhash import lsh_bands
+
+            bands, _ = lsh_bands(self.threshold, self.num_perm)
+            if bands < 2:
+                raise ValueError(f"lsh_storage redis needs at least 2 LSH bands (datasketch's MinHashLSH), but "
+                                 f"threshold {self.threshold} with num_perm {self.num_perm} gives {bands}: lower "
+                                 "threshold, raise num_perm or use lsh_storage: memory")
+        return self
 
 
 class ScrubSettings(Section):

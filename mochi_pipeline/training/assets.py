@@ -12,12 +12,13 @@ from pathlib import Path
 import dagster as dg
 
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
+from mochi_pipeline.execution import CONVERT_POD, GPU_POD, GPU_POOL, training_pod
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.io_manager import ArtifactError, read_asset_file, write_asset_file
 from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.storage import content_hash
-from mochi_pipeline.training import evaluation, merge, trainer
+from mochi_pipeline.training import distributed, evaluation, merge, trainer
 from mochi_pipeline.training.artifacts import (
     AcceptedModel,
     BaseModelArtifact,
@@ -27,7 +28,7 @@ from mochi_pipeline.training.artifacts import (
 )
 from mochi_pipeline.training.base_models import BaseModelError, resolve_base
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import DatasetError, load_dataset_dict
+from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dataset_dict
 from mochi_pipeline.training.tiny_base import TINY_VERSION, pretrain_report
 
 GROUP = "training"
@@ -56,6 +57,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"},
               code_version=f"{LOGIC_VERSION}-tiny{TINY_VERSION}-{base_settings}",
+              pool=GPU_POOL, op_tags=GPU_POD,  # the tiny base is pre-trained here
               retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL) if hub else None)
     def base_model(context: dg.AssetExecutionContext) -> Iterator:
         """The base model to fine-tune: the offline `tiny` model (built and cached once) or a hub/local model."""
@@ -82,6 +84,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         group_name=GROUP,
         kinds={"pytorch", "huggingface"},
         code_version=f"{LOGIC_VERSION}-{training.weights_signature()}",
+        pool=GPU_POOL,
+        op_tags=training_pod(training.processes),
         check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset="fine_tuned_adapter",
                                        description="The last logged training loss is below the first.")],
     )
@@ -107,9 +111,12 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             start = "the base model (no accepted model yet)"
         context.log.info(f"Training starts from {start}")
         try:
-            data = load_dataset_dict(training_dataset)
-            result = trainer.train(data, base_model.resolved(), training, runs_dir, log=context.log.info,
-                                   init_from=init_from)
+            if training.processes > 1:
+                result = distributed.train_launched(dataset_dir(training_dataset), base_model.resolved(), training,
+                                                    runs_dir, init_from=init_from, log=context.log.info)
+            else:
+                result = trainer.train(load_dataset_dict(training_dataset), base_model.resolved(), training,
+                                       runs_dir, log=context.log.info, init_from=init_from)
         except (DatasetError, trainer.TrainingError, BaseModelError) as err:
             raise dg.Failure(description=str(err)) from None
         protect = {result.run_id} | ({accepted.run_id} if accepted else set())
@@ -159,6 +166,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         code_version=f"{LOGIC_VERSION}-" + training.signature(
             "seed", "max_seq_length", "method", "eval_max_examples", "eval_max_new_tokens", "quality_gate",
             "gate_tolerance"),
+        pool=GPU_POOL,  # two models loaded; QLoRA ones on the GPU
+        op_tags=GPU_POD,
         check_specs=[dg.AssetCheckSpec(
             "quality_gate", asset="evaluation_report", blocking=True,
             description="Held-out perplexity below the base model's and not worse than the accepted model's "
@@ -226,7 +235,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
                       "perplexity_replaced": overall["previous"].get("perplexity") if previous else None},
         )])
 
-    @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, code_version=LOGIC_VERSION)
+    @dg.asset(group_name=GROUP, kinds={"pytorch", "safetensors"}, code_version=LOGIC_VERSION, pool=GPU_POOL,
+              op_tags=CONVERT_POD)
     def merged_model(context: dg.AssetExecutionContext, base_model: BaseModelArtifact,
                      fine_tuned_adapter: FineTunedAdapter, evaluation_report: EvaluationReport) -> Iterator:
         """The accepted adapter merged into the base: one safetensors checkpoint with tokenizer and model card."""

@@ -61,4 +61,5 @@ def sft_config(settings: TrainingSettings, output_dir: Path, has_eval: bool) -> 
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # several processes (distributed.py): every trainable weight gets a gradient
     )

@@ -21,7 +21,8 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
              "save_steps": 50, "eval_max_examples": 120},
 }
 # Settings that change how a model is judged or kept, not the weights training produces.
-EVAL_ONLY = ("eval_max_examples", "eval_max_new_tokens", "quality_gate", "gate_tolerance", "keep_runs")
+EVAL_ONLY = ("eval_max_examples", "eval_max_new_tokens", "quality_gate", "gate_tolerance", "keep_runs",
+             "main_process_port")
 
 
 class TrainingSettings(Section):
@@ -62,6 +63,14 @@ class TrainingSettings(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% slower).",
     )
+
+    # Several GPUs (distributed.py)
+    processes: int = Field(
+        1, ge=1, description="GPUs to train on, one process each, under `accelerate launch` (DDP for lora/qlora, "
+        "FSDP for full; batch_size is per GPU). 1 = train in the step's own process.",
+    )
+    main_process_port: int = Field(29500, ge=1024, le=65535, description="Port the launched processes meet on "
+                                   "(processes > 1); change it when two trainings share a machine.")
 
     # Data layout
     max_seq_length: int = Field(512, ge=16, le=131072, description="Tokens per training sequence (packed block size).")

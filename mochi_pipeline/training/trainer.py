@@ -305,6 +305,9 @@ def train(
     )
     if result.last_train_loss is not None and not math.isfinite(result.last_train_loss):
         raise TrainingError(f"Training diverged (loss {result.last_train_loss}); lower training.learning_rate.")
+    if not trainer.is_world_process_zero():  # one of several launched processes (distributed.py)
+        trainer.save_model(str(checkpoints))  # under FSDP every rank gathers the weights; only rank 0 writes
+        return result
     with atomic_directory(final) as tmp:
         trainer.save_model(str(tmp))  # the best checkpoint's weights when an eval split exists
         tokenizer.save_pretrained(str(tmp))

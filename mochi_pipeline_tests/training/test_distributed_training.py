@@ -1,0 +1,73 @@
+"""Training in several processes under `accelerate launch` (distributed.py), run here on the CPU: the command
+mochi prints is the one that trains, ranks share the steps, rank 0 alone writes the model."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import ClusterConfig
+from datasets import DatasetDict
+from safetensors.torch import load_file
+
+from mochi_pipeline.training import distributed
+from mochi_pipeline.training.sft_data import load_dataset_dict
+from mochi_pipeline_tests.training.store_project import fast_settings
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _without_eval(store_dataset: Path, tmp_path: Path) -> Path:
+    """The store dataset without its eval split (no evaluations: short runs), saved where a job can name it."""
+    DatasetDict({"train": load_dataset_dict(store_dataset)["train"]}).save_to_disk(str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_path, store_dataset, tiny_base):
+    dataset = _without_eval(store_dataset, tmp_path)
+    settings = fast_settings(processes=2, max_steps=3, batch_size=2, main_process_port=_free_port())
+    lines: list[str] = []
+    result = distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs", log=lines.append)
+
+    assert result.global_step == 3
+    assert any("accelerate.commands.launch --config_file" in line for line in lines)  # the command, to rerun
+    assert any(line.startswith("step 3/3") for line in lines)  # rank 0's progress reached the log
+    assert sum(line.startswith("step 1/3") for line in lines) == 1  # ...and only rank 0's
+    run_dir = Path(result.output_dir).parent
+    config = yaml.safe_load((run_dir / distributed.CONFIG_FILE).read_text())
+    assert config["distributed_type"] == "MULTI_GPU" and config["num_processes"] == 2
+    weights = load_file(str(Path(result.output_dir) / "adapter_model.safetensors"))
+    assert any("lora_B" in name and t.abs().sum() > 0 for name, t in weights.items())  # it learned
+
+
+
+def test_a_full_fine_tune_shards_each_transformer_block_with_fsdp(tiny_base):
+    config = distributed.accelerate_config("full", 4, distributed.block_classes(tiny_base), 29500)
+    assert config["distributed_type"] == "FSDP" and config["num_processes"] == 4
+    assert config["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # one checkpoint rank 0 can save
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_accelerate_config_is_one_accelerate_reads(tmp_path, tiny_base, method):
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(distributed.accelerate_config(method, 2, ["LlamaDecoderLayer"], 29500)))
+    parsed = ClusterConfig.from_yaml_file(str(path))  # accelerate's own reader: unknown keys raise
+    assert parsed.num_processes == 2
+    assert str(parsed.distributed_type) == ("DistributedType.FSDP" if method == "full" else "DistributedType.MULTI_GPU")
+
+
+def test_a_failed_launch_shows_the_end_of_its_output(tmp_path, store_dataset, tiny_base):
+    dataset = _without_eval(store_dataset, tmp_path)
+    settings = fast_settings(processes=2, max_steps=2, lora_targets=["no_such_module"], main_process_port=_free_port())
+    with pytest.raises(distributed.LaunchError, match="no_such_module"):
+        distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs")
+    assert not list((tmp_path / "runs").glob("*/final"))
