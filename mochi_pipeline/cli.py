@@ -161,6 +161,8 @@ def _fail_orphaned_runs(instance) -> None:
     """Runs of a `mochi` process that was killed stay STARTED forever: mark them failed, saying why."""
     import dagster as dg
 
+    from mochi_pipeline.dagster_internals import free_pool_slots
+
     for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         pid = int(run.tags.get(PID_TAG, "0") or 0)
         if not pid:
@@ -171,6 +173,7 @@ def _fail_orphaned_runs(instance) -> None:
             instance.report_run_failed(run, message=f"The mochi process running it (pid {pid}) ended without "
                                                     "finishing it (killed?). Finished steps are kept; `mochi run` "
                                                     "resumes from them.")
+            free_pool_slots(instance, run.run_id)
         except PermissionError:  # alive, another user's
             pass
 

@@ -8,6 +8,8 @@
   provenance it stores, instead of the one it read when the step started.
 - ``config_errors``: an executor's config checked against its schema when mochi.yaml is read, without
   resolving ``env:`` values (``dg.validate_run_config`` would need them set where the code loads).
+- ``free_pool_slots``: a killed run keeps the pool slots its steps held (only the daemon's run
+  monitoring frees them), so the next `mochi run` would wait forever for the ``gpu`` pool.
 ``test_dagster_internals.py`` pins the behaviour relied on, so an upgrade that changes it fails there first.
 """
 
@@ -82,3 +84,9 @@ def config_errors(schema, value: object) -> list[str]:
     keys = ", ".join(sorted(getattr(schema.config_type, "fields", {})))
     # Dagster ends an unknown key's message with the whole schema, hard to read in one line: name the keys instead.
     return [re.sub(r'\.? Expected: ".*', f" (known keys: {keys}).", e.message, flags=re.S) for e in result.errors]
+
+
+def free_pool_slots(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Give back the concurrency-pool slots a run that died still holds."""
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)

@@ -307,6 +307,7 @@ def _assert_secret_kept(err: CIError, client, token: str, caplog) -> None:
 ], ids=["5xx-exhausted", "429-exhausted", "timeout-exhausted", "403-permission", "404-repo"])
 def test_github_errors_are_worded_for_the_person(gh_server, faults, retryable, says, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # other libraries lower it (kubernetes: WARNING)
     gh_server.fail(RUNS, *faults)
     client = github(gh_server, timeout_s=1, max_retries=2 if len(faults) == 3 else 1)
     with pytest.raises(CIError) as info:
@@ -318,6 +319,7 @@ def test_github_errors_are_worded_for_the_person(gh_server, faults, retryable, s
 
 def test_github_bad_token(gh_server, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # other libraries lower it (kubernetes: WARNING)
     wrong = "ghp_WrongToken9876543210zyxwvutsrqpONMLK"
     client = github(gh_server, token=wrong)
     for call in (lambda: list(client.failures("2024-05-01")), client.latest_update):
@@ -439,6 +441,7 @@ def test_gitlab_transient_faults_are_retried(gl_server, fault):
 ], ids=["5xx-exhausted", "429-exhausted", "timeout-exhausted", "403-scope", "404-project"])
 def test_gitlab_errors_are_worded_for_the_person(gl_server, faults, retryable, says, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # other libraries lower it (kubernetes: WARNING)
     gl_server.fail(PIPELINES, *faults)
     client = gitlab_client(gl_server, timeout_s=0.5, max_retries=2)
     with pytest.raises(CIError) as info:
@@ -450,6 +453,7 @@ def test_gitlab_errors_are_worded_for_the_person(gl_server, faults, retryable, s
 
 def test_gitlab_bad_token(gl_server, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # other libraries lower it (kubernetes: WARNING)
     wrong = "glpat-WrongToken9876543210zyxw"
     client = gitlab_client(gl_server, token=wrong)
     for call in (lambda: list(client.failures("2024-05-01T00:00:00Z")), client.latest_update):

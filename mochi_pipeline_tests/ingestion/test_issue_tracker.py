@@ -395,6 +395,8 @@ def test_jira_text_flattens_cloud_documents():
 
 def test_rate_limit_is_waited_out(service, caplog):
     caplog.set_level(logging.DEBUG)
+    # The clients log through urllib3, whose level other libraries lower (the kubernetes client sets WARNING).
+    caplog.set_level(logging.DEBUG, logger="urllib3")
     service.server.fail_next(service.listing, service.server.rate_limited("1"))
     started = time.monotonic()
     threads = list(service.tracker().threads())
@@ -430,6 +432,7 @@ def test_timeout_is_retryable(service):
 
 def test_bad_token_names_the_setting_and_hides_the_token(service, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # other libraries lower it (kubernetes: WARNING)
     tracker = service.tracker(token=WRONG)
     with pytest.raises(TrackerError, match=rf"trackers\.{service.name}\.token_env") as err:
         list(tracker.threads())

@@ -1,0 +1,183 @@
+"""The Dagster web UI, used as a person uses it: `mochi ui` opened in headless Chromium.
+
+The project has been trained up to its evaluation report (`mochi run --select +evaluation_report`).
+In the browser: each layer's asset group shows its assets with their kinds, the data assets are
+materialized from the UI and the run is followed to success, and the evaluation report's plot is
+opened from the asset's metadata. Screenshots land in ``$MOCHI_TEST_ARTIFACTS/ui`` (default
+``test-artifacts/ui`` in the checkout) so a red run can be looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT = json.loads((Path(__file__).with_name("asset_graph_snapshot.json")).read_text())
+CHROMIUM = "/usr/bin/chromium"  # Debian's (make system-deps): Playwright's browser download is unreachable
+DATA_GROUPS = ("ingestion", "preprocessing", "data_generation")
+TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 4,
+            "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 8,
+            "eval_max_new_tokens": 4}
+
+# What each graph node shows: its name and the kind tags under it.
+NODES_JS = """() => Array.from(document.querySelectorAll('foreignObject')).map(fo => {
+  const name = fo.querySelector('[data-tooltip]');
+  const tags = Array.from(fo.querySelectorAll('[class*="OpTags_opTagsContainer"] > *')).map(t => t.textContent);
+  return {name: name && name.getAttribute('data-tooltip'), tags};
+}).filter(n => n.name)"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _norm(kind: str) -> str:
+    """The UI writes kinds for people ("Hugging Face", "PyTorch"); compare letters and digits only."""
+    return re.sub(r"[^a-z0-9]", "", kind.lower())
+
+
+def _graphql(port: int, query: str) -> dict:
+    return httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30).json()["data"]
+
+
+@pytest.fixture
+def shots() -> Path:
+    root = Path(os.environ.get("MOCHI_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "ui"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def ui(sample_repo, tmp_path):
+    """`mochi ui` on a project trained up to its evaluation report; yields the port."""
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    (repo / ".gitignore").write_text(".mochi/\n")
+    (repo / "mochi.yaml").write_text(yaml.safe_dump({"generation": {"eval_time_share": 0.3}, "training": TRAINING}))
+    mochi(repo, "run", "--select", "+evaluation_report")
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
+    log = (tmp_path / "ui.log").open("wb")
+    # Its own process group: `dagster dev` runs the webserver and the daemon as children.
+    proc = subprocess.Popen([sys.executable, "-m", "mochi_pipeline.cli", "ui", "--port", str(port)], cwd=repo,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"mochi ui exited: {(tmp_path / 'ui.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mochi ui did not come up: {(tmp_path / 'ui.log').read_text()[-3000:]}"
+            try:
+                if _graphql(port, "{ assetNodes { id } }")["assetNodes"]:
+                    break
+            except (httpx.HTTPError, KeyError, TypeError, ValueError):
+                pass
+            time.sleep(1)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60  # the webserver and daemon shut down after `mochi ui` has exited
+        try:
+            while time.monotonic() < deadline:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+@pytest.fixture
+def page(shots):
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (installs Debian's chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": 1920, "height": 1200})
+        tab = context.new_page()
+        tab.set_default_timeout(60_000)
+        try:
+            yield tab
+        finally:
+            tab.screenshot(path=shots / "last.png")
+            browser.close()
+
+
+def test_a_person_browses_the_graph_materializes_the_data_and_opens_the_plot(ui, page, shots):
+    base = f"http://127.0.0.1:{ui}"
+    page.goto(base)
+    page.get_by_role("button", name="Skip").click()  # a first visit gets Dagster's "Join the community" dialog
+
+    # Every layer's group shows its assets, each with its kinds.
+    for group in ("ingestion", "preprocessing", "data_generation", "training", "deployment"):
+        expected = {name: spec["kinds"] for name, spec in SNAPSHOT.items() if spec["group"] == group}
+        page.goto(f"{base}/locations/mochi/asset-groups/{group}")
+        page.get_by_text(next(iter(expected)), exact=True).first.wait_for()
+        page.get_by_text("Loading...").first.wait_for(state="hidden")
+        shown = {n["name"]: n["tags"] for n in page.evaluate(NODES_JS)}
+        page.screenshot(path=shots / f"group_{group}.png")
+        assert set(expected) <= set(shown), f"{group}: missing {set(expected) - set(shown)}"
+        for name, kinds in expected.items():
+            assert sorted(map(_norm, shown[name])) == sorted(map(_norm, kinds)), (group, name, shown[name])
+
+    # Materialize the data assets from the lineage view, then follow the run to its end.
+    # (git_repository and tracker_activity are observed, not materialized: they have no code version.)
+    data_assets = [name for name, spec in SNAPSHOT.items() if spec["group"] in DATA_GROUPS and spec["has_code_version"]]
+    page.goto(f"{base}/asset-groups")
+    page.wait_for_load_state("networkidle")
+    page.locator(".CodeMirror").filter(has=page.get_by_label("Search and filter assets")).click()
+    page.keyboard.type(" or ".join(f'group:"{g}"' for g in DATA_GROUPS))
+    page.keyboard.press("Enter")
+    launch = page.get_by_role("button", name=f"Materialize all ({len(data_assets)})")
+    launch.wait_for()  # the filter has been applied
+    launch.click()
+    deadline = time.monotonic() + 60
+    runs: list = []
+    while not runs and time.monotonic() < deadline:
+        runs = _graphql(ui, '{ runsOrError(filter: {tags: [{key: "dagster/from_ui", value: "true"}]}) '
+                            "{ ... on Runs { results { runId } } } }")["runsOrError"]["results"]
+        time.sleep(1)
+    assert len(runs) == 1, "the UI launched no run"
+    page.goto(f"{base}/runs/{runs[0]['runId']}")
+    status = page.locator("[class*='RunStatusTag'], [class*='Tag']").filter(has_text=re.compile("^(Success|Failure)$"))
+    status.first.wait_for(timeout=600_000)
+    page.screenshot(path=shots / "data_run.png")
+    assert status.first.inner_text() == "Success"
+    run = _graphql(ui, f'{{ runOrError(runId: "{runs[0]["runId"]}") {{ ... on Run {{ assetMaterializations '
+                       "{ assetKey { path } } } } }")["runOrError"]
+    assert sorted({m["assetKey"]["path"][0] for m in run["assetMaterializations"]}) == sorted(data_assets)
+
+    # The evaluation report's plot, opened from the asset's metadata.
+    page.goto(f"{base}/assets/evaluation_report")
+    page.get_by_placeholder("Filter metadata keys").fill("plot")
+    page.get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog")
+    assert dialog.get_by_text("plot", exact=True).is_visible()
+    image = dialog.locator("img")
+    image.wait_for()
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 100", image.element_handle())
+    page.screenshot(path=shots / "evaluation_plot.png")
