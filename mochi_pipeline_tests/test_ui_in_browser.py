@@ -176,8 +176,8 @@ def test_a_person_browses_the_graph_materializes_the_data_and_opens_the_plot(ui,
     page.get_by_placeholder("Filter metadata keys").fill("plot")
     page.get_by_text("[Show Markdown]").click()
     dialog = page.get_by_role("dialog")
-    assert dialog.get_by_text("plot", exact=True).is_visible()
+    dialog.get_by_text("plot", exact=True).wait_for()  # the dialog of the "plot" entry
     image = dialog.locator("img")
     image.wait_for()
-    assert page.evaluate("(img) => img.complete && img.naturalWidth > 100", image.element_handle())
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 100", arg=image.element_handle())  # decoded
     page.screenshot(path=shots / "evaluation_plot.png")
