@@ -10,7 +10,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import yaml
 
 from mochi_pipeline.cli import REPO_ROOT
 from mochi_pipeline.definitions import defs
+from mochi_pipeline_tests.loopback import free_port
 from mochi_pipeline_tests.materialize import DATA_ASSETS
 
 pytestmark = pytest.mark.slow
@@ -52,12 +52,6 @@ def postgres_bindir() -> Path | None:
     candidates = [found.stdout.strip()] if found and found.returncode == 0 else []
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     return next((Path(d) for d in candidates if all((Path(d) / b).is_file() for b in SERVER_BINARIES)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list, **kwargs) -> None:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from mochi_pipeline_tests.loopback import free_port
 from mochi_pipeline_tests.test_cli import mochi
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
@@ -43,12 +43,6 @@ NODES_JS = """() => Array.from(document.querySelectorAll('foreignObject')).map(f
   const tags = Array.from(fo.querySelectorAll('[class*="OpTags_opTagsContainer"] > *')).map(t => t.textContent);
   return {name: name && name.getAttribute('data-tooltip'), tags};
 }).filter(n => n.name)"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _norm(kind: str) -> str:
@@ -76,7 +70,7 @@ def ui(sample_repo, tmp_path):
     (repo / "mochi.yaml").write_text(yaml.safe_dump({"generation": {"eval_time_share": 0.3}, "training": TRAINING}))
     mochi(repo, "run", "--select", "+evaluation_report")
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
     log = (tmp_path / "ui.log").open("wb")
     # Its own process group: `dagster dev` runs the webserver and the daemon as children.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from mochi_pipeline_tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = """
@@ -18,14 +19,8 @@ QUERY = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webserver_shows_the_asset_graph(tmp_path, sample_repo):
-    port = _free_port()
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "MOCHI_CONFIG"}, "DAGSTER_HOME": str(tmp_path)}
     webserver = Path(sys.executable).parent / "dagster-webserver"
     proc = subprocess.Popen([str(webserver), "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from mochi_pipeline.training.merge import merge
 from mochi_pipeline.training.sft_data import load_dataset_dict
 from mochi_pipeline.training.trainer import TrainingResult, train
 from mochi_pipeline_tests.family_models import FAMILIES, FIM_ROLES, Family, family_model_dir, resolved_base
+from mochi_pipeline_tests.loopback import free_port
 from mochi_pipeline_tests.training.store_project import fast_settings, make_store_dataset
 
 pytestmark = pytest.mark.slow
@@ -308,9 +308,7 @@ def test_modelfile_template_and_stops_match_transformers(pipeline):
 @pytest.fixture(scope="module")
 def served(pipeline):
     server = ModelServer(pipeline.gguf.file("f32").path, model_id=pipeline.family.name, n_ctx=512, parallel=2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     http = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()

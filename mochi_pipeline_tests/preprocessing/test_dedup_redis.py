@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from mochi_pipeline.preprocessing.lsh_index import DedupIndexError, band_key, in
 from mochi_pipeline.preprocessing.minhash import MAX_FULL_BUCKET, band_groups, lsh_bands, text_key
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import Chunk, SourceFile
+from mochi_pipeline_tests.loopback import free_port
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 PASSWORD_ENV = "MOCHI_TEST_REDIS_PASSWORD"
@@ -100,18 +100,12 @@ def _outcome(result: DedupResult) -> tuple:
     return [c.id for c in result.kept], result.dropped, result.clusters, result.representative_of
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path) -> Iterator[str]:
     """A real redis-server of its own on 127.0.0.1, without persistence, stopped after the test."""
     if not REDIS_SERVER.exists():
         pytest.fail(f"no redis-server at {REDIS_SERVER}: run `make system-deps` (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
     server = subprocess.Popen(
@@ -255,7 +249,7 @@ def test_entries_and_indexes_unused_for_prune_days_are_removed(redis_url, client
 
 
 def test_unreachable_redis_names_the_setting_and_computes_nothing(monkeypatch):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     computed = []
     monkeypatch.setattr(deduplicator, "signed_texts", lambda *a, **k: computed.append(a) or signed_texts(*a, **k))
     settings = DedupSettings(lsh_storage="redis", redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=1)

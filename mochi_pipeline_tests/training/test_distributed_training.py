@@ -3,7 +3,6 @@ mochi prints is the one that trains, ranks share the steps, rank 0 alone writes 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,10 @@ from safetensors.torch import load_file
 
 from mochi_pipeline.training import distributed
 from mochi_pipeline.training.sft_data import load_dataset_dict
+from mochi_pipeline_tests.loopback import free_port
 from mochi_pipeline_tests.training.store_project import fast_settings
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _without_eval(store_dataset: Path, tmp_path: Path) -> Path:
@@ -33,7 +27,7 @@ def _without_eval(store_dataset: Path, tmp_path: Path) -> Path:
 
 def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_path, store_dataset, tiny_base):
     dataset = _without_eval(store_dataset, tmp_path)
-    settings = fast_settings(processes=2, max_steps=3, batch_size=2, main_process_port=_free_port())
+    settings = fast_settings(processes=2, max_steps=3, batch_size=2, main_process_port=free_port())
     lines: list[str] = []
     result = distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs", log=lines.append)
 
@@ -46,7 +40,6 @@ def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_pat
     assert config["distributed_type"] == "MULTI_GPU" and config["num_processes"] == 2
     weights = load_file(str(Path(result.output_dir) / "adapter_model.safetensors"))
     assert any("lora_B" in name and t.abs().sum() > 0 for name, t in weights.items())  # it learned
-
 
 
 def test_a_full_fine_tune_shards_each_transformer_block_with_fsdp(tiny_base):
@@ -67,7 +60,7 @@ def test_the_accelerate_config_is_one_accelerate_reads(tmp_path, tiny_base, meth
 
 def test_a_failed_launch_shows_the_end_of_its_output(tmp_path, store_dataset, tiny_base):
     dataset = _without_eval(store_dataset, tmp_path)
-    settings = fast_settings(processes=2, max_steps=2, lora_targets=["no_such_module"], main_process_port=_free_port())
+    settings = fast_settings(processes=2, max_steps=2, lora_targets=["no_such_module"], main_process_port=free_port())
     with pytest.raises(distributed.LaunchError, match="no_such_module"):
         distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs")
     assert not list((tmp_path / "runs").glob("*/final"))
