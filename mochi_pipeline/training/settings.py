@@ -16,8 +16,10 @@ from mochi_pipeline.settings_base import Section
 
 # Training keys a base preset sets unless mochi.yaml does.
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Small enough to fine-tune on 2 CPU cores in minutes; a tiny model wants a larger learning rate.
-    "tiny": {"max_steps": 100, "learning_rate": 1e-3, "max_seq_length": 256, "batch_size": 8, "eval_steps": 50,
+    # Small enough to fine-tune on 2 CPU cores in minutes; a tiny model wants a larger learning rate. Full, not
+    # LoRA: at 7M parameters the 49k-token head costs the same either way, and only a full fine-tune moves held-out
+    # perplexity far (pallets/click, 100 steps: 0.39x the base against 0.89x for LoRA on q/v).
+    "tiny": {"method": "full", "max_steps": 100, "learning_rate": 1e-3, "max_seq_length": 256, "batch_size": 8, "eval_steps": 50,
              "save_steps": 50, "eval_max_examples": 120},
 }
 # Settings that change how a model is judged or kept, not the weights training produces.
