@@ -65,7 +65,11 @@ def test_full_fine_tuning_changes_the_base_weights(tmp_path, store_dataset, tiny
     after = load_file(str(Path(result.output_dir) / "model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[name], after[name])
-    AutoModelForCausalLM.from_pretrained(result.output_dir)  # a standalone, loadable model
+    # A standalone model (no adapter to apply) that loads with the trained weights, not the base's.
+    assert not (Path(result.output_dir) / "adapter_config.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert torch.equal(loaded.state_dict()[name], after[name])
 
 
 def test_qlora_on_cpu_says_what_to_do(tmp_path, store_dataset, tiny_base):
