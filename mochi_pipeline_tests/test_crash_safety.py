@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from mochi_pipeline.io_manager import read_asset_file
+from mochi_pipeline_tests.cli_runner import mochi
 from mochi_pipeline_tests.repo_factory import commit
-from mochi_pipeline_tests.test_cli import mochi
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow

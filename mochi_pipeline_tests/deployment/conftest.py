@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from deploy_materialize import materialize_deployment
-from deploy_tiny_llama import cached_tiny_llama_and_adapter
 
 from mochi_pipeline.deployment.gguf_export import convert_hf_to_gguf
 from mochi_pipeline.deployment.server import ModelServer
 from mochi_pipeline.training.base_models import resolve_base
-from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.cli_runner import mochi
+from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
+from mochi_pipeline_tests.deployment.deploy_tiny_llama import cached_tiny_llama_and_adapter
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 

@@ -11,10 +11,10 @@ import httpx
 import llama_cpp
 import numpy as np
 import pytest
-from served_app import Running, sse_events
 
 from mochi_pipeline.deployment.engine import Sampling
 from mochi_pipeline.deployment.server import ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running, sse_events
 
 PROMPTS = ["def add(a, b):\n", "import os\n", "class Stack:\n", "for i in range(10):\n", "# parse args\n",
            "x = [", "return ", "async def main():\n"]
@@ -211,9 +211,8 @@ def test_score_many_is_each_score_decoded_together(random_f32):
 
 def test_a_lora_adapter_is_applied_in_the_batch_context(tiny_model, tmp_path):
     """`serve(lora_path=...)`: the engine's own context carries the adapter, as llama.cpp's Llama does."""
-    from deploy_materialize import materialize_deployment
-
     from mochi_pipeline.deployment.gguf_verify import load_llama
+    from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
 
     model_dir, adapter_dir = tiny_model
     _, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {"lora_outtype": "f32"},

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from served_app import Running, sse_events
 
 from mochi_pipeline.deployment.server import InfillRequest, ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running, sse_events
 
 KEY = "team-key-41d0"
 PREFIX = "def fibonacci(n):\n    if n < 2:\n        return n\n    "

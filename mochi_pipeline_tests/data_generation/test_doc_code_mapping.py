@@ -1,11 +1,11 @@
 """Doc <-> code pairs from the sample repository's README, guide and docstrings."""
 
 import pytest
-from dg_upstream import chunks_of, docs_of
 
 from mochi_pipeline.data_generation.code_facts import defined_names, docstring, signature
 from mochi_pipeline.data_generation.doc_code_mapping import doc_code_pairs
 from mochi_pipeline.records import CodeBlock, DocSection
+from mochi_pipeline_tests.data_generation.upstream import chunks_of, docs_of
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """Completion examples cut from real chunks of the sample repository."""
 
 import pytest
-from dg_upstream import chunks_of
 
 from mochi_pipeline.data_generation.code_facts import block_end
 from mochi_pipeline.data_generation.completion_pairs import completion_pairs
 from mochi_pipeline.data_generation.settings import CompletionSettings
+from mochi_pipeline_tests.data_generation.upstream import chunks_of
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dg_chat_server import API_KEY, ChatServer
-from dg_upstream import chunks_of, docs_of
 
 from mochi_pipeline.data_generation.llm_client import (
     MalformedReply,
@@ -17,6 +15,8 @@ from mochi_pipeline.data_generation.llm_client import (
     retry_after_seconds,
 )
 from mochi_pipeline.data_generation.qa_generator import qa_pairs, qa_subjects
+from mochi_pipeline_tests.data_generation.chat_server import API_KEY, ChatServer
+from mochi_pipeline_tests.data_generation.upstream import chunks_of, docs_of
 
 KEY_ENV = "MOCHI_TEST_QA_KEY"
 

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-from dg_chat_server import API_KEY, ChatServer
-
 from mochi_pipeline.io_manager import read_asset_file
+from mochi_pipeline_tests.data_generation.chat_server import API_KEY, ChatServer
 from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 
 DOCS = ["**/*.md", "**/*.rst", "**/*.adoc"]

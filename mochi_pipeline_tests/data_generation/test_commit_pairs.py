@@ -1,11 +1,11 @@
 """Commit examples from the sample repository's real history."""
 
 import pytest
-from dg_upstream import commits_of
 
 from mochi_pipeline.data_generation.commit_pairs import commit_pairs, drop_reason, split_hunks
 from mochi_pipeline.data_generation.settings import CommitSettings
 from mochi_pipeline.records import Commit, FileDiff
+from mochi_pipeline_tests.data_generation.upstream import commits_of
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_materialize import materialize_deployment
 
 from mochi_pipeline.deployment.gguf_export import (
     GGUFExportError,
@@ -17,6 +16,7 @@ from mochi_pipeline.deployment.gguf_export import (
 )
 from mochi_pipeline.deployment.gguf_verify import Reference, load_llama, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
 
 
 def test_export_writes_each_quantization_and_states_skips(exported):

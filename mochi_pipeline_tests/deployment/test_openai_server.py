@@ -7,9 +7,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from served_app import Running
+from transformers import AutoTokenizer
 
 from mochi_pipeline.deployment.server import ChatMessage, InfillRequest, ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_stream_ends_with_done(base_url):
     assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
 
 
-def test_infill_llama_vscode_wire_format(base_url, model_server):
+def test_infill_llama_vscode_wire_format(base_url, model_server, tiny_model):
     body = {"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n    return c\n", "prompt": "c = ",
             "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"}],
             "n_predict": 6, "temperature": 0, "samplers": ["top_k"], "cache_prompt": True, "t_max_predict_ms": 500}
@@ -85,8 +86,16 @@ def test_infill_llama_vscode_wire_format(base_url, model_server):
     assert r.status_code == 200
     data = r.json()
     assert isinstance(data["content"], str) and 1 <= data["tokens_predicted"] <= 6
+    # llama.cpp server's format_infill for a vocabulary without repo and file-separator tokens (StarCoder's, no
+    # BOS): each extra chunk after a snippet line, then <fim_prefix> prefix+prompt <fim_suffix> suffix <fim_middle>.
+    # Counted here with the transformers tokenizer of the exported model, not with the server's own code.
+    hf = AutoTokenizer.from_pretrained(tiny_model[0])
+    pieces = ["\n\n--- snippet ---\n\n", "def sub(a, b):\n    return a - b\n", "<fim_prefix>", "def add(a, b):\n    ",
+              "c = ", "<fim_suffix>", "\n    return c\n", "<fim_middle>"]
+    expected = [i for piece in pieces for i in hf(piece, add_special_tokens=False)["input_ids"]]
+    assert data["tokens_evaluated"] == len(expected)
     tokens = model_server.infill_tokens(InfillRequest(**body))
-    assert data["tokens_evaluated"] == len(tokens)
+    assert tokens == expected
     fim = model_server.fim
     # extra context, then <fim_prefix> prefix+prompt <fim_suffix> suffix <fim_middle>
     assert tokens[-1] == fim["mid"] and tokens.index(fim["pre"]) < tokens.index(fim["suf"])

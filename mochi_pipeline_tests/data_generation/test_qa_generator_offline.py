@@ -3,12 +3,12 @@
 import logging
 
 import pytest
-from dg_upstream import chunks_of, docs_of
 
 from mochi_pipeline.data_generation.assets import qa_writer
 from mochi_pipeline.data_generation.llm_client import OfflineQA, OpenAICompatibleQA
 from mochi_pipeline.data_generation.qa_generator import is_test_path, qa_pairs, qa_subjects
 from mochi_pipeline.data_generation.settings import QASettings
+from mochi_pipeline_tests.data_generation.upstream import chunks_of, docs_of
 
 
 @pytest.fixture(scope="module")
