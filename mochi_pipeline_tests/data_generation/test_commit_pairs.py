@@ -5,12 +5,11 @@ import pytest
 from mochi_pipeline.data_generation.commit_pairs import commit_pairs, drop_reason, split_hunks
 from mochi_pipeline.data_generation.settings import CommitSettings
 from mochi_pipeline.records import Commit, FileDiff
-from mochi_pipeline_tests.data_generation.upstream import commits_of
 
 
 @pytest.fixture(scope="module")
-def commits(sample_repo):
-    return commits_of(sample_repo)
+def commits(upstream):
+    return upstream.commits
 
 
 def test_drops_merge_bot_and_trivial_commits(commits):

@@ -16,15 +16,14 @@ from mochi_pipeline.data_generation.llm_client import (
 )
 from mochi_pipeline.data_generation.qa_generator import qa_pairs, qa_subjects
 from mochi_pipeline_tests.data_generation.chat_server import API_KEY, ChatServer
-from mochi_pipeline_tests.data_generation.upstream import chunks_of, docs_of
 
 KEY_ENV = "MOCHI_TEST_QA_KEY"
 
 
 @pytest.fixture(scope="module")
-def subjects(sample_repo):
+def subjects(upstream):
     wanted = {"centroid", "perimeter", "scaled", "clamp", "distance_to"}
-    return [s for s in qa_subjects(chunks_of(sample_repo), docs_of(sample_repo), 100) if s.name in wanted]
+    return [s for s in qa_subjects(upstream.chunks, upstream.docs, 100) if s.name in wanted]
 
 
 def client(url, **kw):
@@ -78,12 +77,12 @@ def test_unreachable_endpoint_is_a_clear_error(subjects, tmp_path):
         client(url, timeout_s=2).ask(subjects, pairs_per_subject=2, cache_dir=tmp_path, log=logging.getLogger())
 
 
-def test_examples_from_http_backend(sample_repo, tmp_path, monkeypatch):
+def test_examples_from_http_backend(upstream, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, API_KEY)
     with ChatServer() as server:
         examples, batch = qa_pairs(
-            chunks_of(sample_repo),
-            docs_of(sample_repo),
+            upstream.chunks,
+            upstream.docs,
             client(server.url),
             max_subjects=100,
             pairs_per_subject=2,
