@@ -16,6 +16,8 @@ from mochi_pipeline.deployment.engine import Sampling
 from mochi_pipeline.deployment.server import ModelServer, create_app
 from mochi_pipeline_tests.deployment.served_app import Running, sse_events
 
+pytestmark = pytest.mark.slow  # real GGUF models in llama.cpp's batched engine and a server on loopback
+
 PROMPTS = ["def add(a, b):\n", "import os\n", "class Stack:\n", "for i in range(10):\n", "# parse args\n",
            "x = [", "return ", "async def main():\n"]
 

@@ -16,6 +16,8 @@ import pytest
 from mochi_pipeline.deployment.server import InfillRequest, ModelServer, create_app
 from mochi_pipeline_tests.deployment.served_app import Running, sse_events
 
+pytestmark = pytest.mark.slow  # a real GGUF model behind a server on loopback
+
 KEY = "team-key-41d0"
 PREFIX = "def fibonacci(n):\n    if n < 2:\n        return n\n    "
 SUFFIX = "\n\nprint(fibonacci(10))\n"

@@ -18,6 +18,8 @@ from mochi_pipeline.deployment.gguf_verify import Reference, load_llama, verify_
 from mochi_pipeline.deployment.settings import ExportSettings
 from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
 
+pytestmark = pytest.mark.slow  # converts and quantizes models with llama.cpp
+
 
 def test_export_writes_each_quantization_and_states_skips(exported):
     result, values = exported
@@ -176,3 +178,21 @@ def test_export_for_the_cli(tiny_model, tmp_path):
     assert Path(result.modelfile.path) == tmp_path / "Modelfile"
     assert "FROM ./cli-q8_0.gguf" in (tmp_path / "Modelfile").read_text()
     assert any("q8_0" in m for m in messages)
+
+
+def test_mochi_export_of_a_model_directory_writes_verified_gguf_and_modelfile(tiny_model, tmp_path):
+    from mochi_pipeline_tests.cli_runner import mochi
+
+    model_dir, _ = tiny_model
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mochi.yaml").write_text(f"repo:\n  source: {project}\nexport:\n  quantizations: [f16]\n"
+                                        "  model_name: outside\n")
+    out = tmp_path / "out"
+    printed = mochi(project, "export", "--model-dir", str(model_dir), "--out", str(out)).stdout
+    assert f"Exports under {out}" in printed
+    assert "| f16 |" in printed and "| yes |" in printed  # verified against transformers, and it passed
+    gguf = out / "outside-f16.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    assert "FROM ./outside-f16.gguf" in (out / "Modelfile").read_text()
+    assert load_llama(gguf).n_vocab() == 49152

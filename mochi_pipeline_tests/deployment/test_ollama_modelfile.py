@@ -98,6 +98,7 @@ def test_go_template_quotes_every_literal():
     assert all(line.startswith("{{-") for line in template.splitlines()[1:])
 
 
+@pytest.mark.slow  # the `exported` fixture converts a model to GGUF
 def test_modelfile_from_the_materialized_asset(exported):
     result, values = exported
     record = values["ollama_modelfile"]
@@ -112,6 +113,7 @@ def test_modelfile_from_the_materialized_asset(exported):
     assert record.create_command == f"ollama create tiny -f {path}"
 
 
+@pytest.mark.slow  # the `exported` fixture converts a model to GGUF
 def test_modelfile_refuses_triple_quotes_and_missing_files(exported, tmp_path):
     gguf = Path(exported[1]["gguf_model"].file("q8_0").path)
     with pytest.raises(ModelfileError, match='contains """'):

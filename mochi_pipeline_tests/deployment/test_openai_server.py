@@ -12,6 +12,8 @@ from transformers import AutoTokenizer
 from mochi_pipeline.deployment.server import ChatMessage, InfillRequest, ModelServer, create_app
 from mochi_pipeline_tests.deployment.served_app import Running
 
+pytestmark = pytest.mark.slow  # a real GGUF model behind a server on loopback
+
 
 @pytest.fixture(scope="module")
 def model_server(exported):

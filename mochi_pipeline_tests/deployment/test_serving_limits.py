@@ -19,6 +19,8 @@ from mochi_pipeline.deployment.server import ModelServer, create_app, serve
 from mochi_pipeline_tests.cli_runner import mochi
 from mochi_pipeline_tests.deployment.served_app import Running
 
+pytestmark = pytest.mark.slow  # exports a model and starts servers (`mochi serve` among them)
+
 KEY = "sk-test-7f3a9c1e5b"
 
 
