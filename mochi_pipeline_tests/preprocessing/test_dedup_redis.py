@@ -110,12 +110,12 @@ def _start_redis(port: int, data: Path) -> tuple[subprocess.Popen, int]:
          "--dir", str(data), "--logfile", str(log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    with redis.Redis(port=port, socket_connect_timeout=1) as client:
+    with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=1) as client:
         while True:
             try:
-                if server.poll() is None and client.ping():
-                    return server, port  # ours answers: a process that took the port would have made ours exit
-            except redis.ConnectionError:
+                if client.info("server")["process_id"] == server.pid:  # ours answers, not whoever took the port
+                    return server, port
+            except (redis.ConnectionError, redis.TimeoutError):
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
@@ -307,3 +307,26 @@ def test_redis_settings_are_checked_and_leave_the_signature_alone(tmp_path):
     # Where the index lives does not change the result, so not the code version of deduplicated_chunks.
     moved = DedupSettings(lsh_storage="redis", redis_url="unix:///run/redis.sock", redis_prune_days=0)
     assert moved.signature() == DedupSettings().signature() != DedupSettings(threshold=0.8).signature()
+
+
+def test_a_server_whose_port_was_taken_is_started_again_on_another(tmp_path, monkeypatch):
+    import socket
+
+    from mochi_pipeline_tests import loopback
+
+    with socket.socket() as squatter:  # another process's server, on the port the first pick returns
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(PortTaken):
+            _start_redis(taken, tmp_path)
+        picks = iter([taken, loopback.free_port()])
+        monkeypatch.setattr(loopback, "free_port", lambda: next(picks))
+        server, port = on_a_free_port(lambda p: _start_redis(p, tmp_path))
+    try:
+        assert port != taken
+        with redis.Redis(port=port) as client:
+            assert client.ping()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
