@@ -2,11 +2,11 @@
 
 import email.utils
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mochi_pipeline.data_generation import llm_client
 from mochi_pipeline.data_generation.llm_client import (
     MalformedReply,
     OpenAICompatibleQA,
@@ -33,13 +33,13 @@ def client(url, **kw):
 def test_retries_malformed_replies_failures_and_cache(subjects, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, API_KEY)
     log = logging.getLogger("qa-test")
+    waits: list[float] = []  # what the client chose to wait, recorded instead of slept (no clock in the test)
+    monkeypatch.setattr(llm_client.time, "sleep", waits.append)
     with ChatServer() as server, caplog.at_level(logging.WARNING, logger="qa-test"):
-        started = time.monotonic()
         batch = client(server.url).ask(subjects, pairs_per_subject=3, cache_dir=tmp_path, log=log)
-        elapsed = time.monotonic() - started
         assert batch.outcomes == {"answered": 2, "malformed_reply": 2, "request_failed": 1}
         assert server.requests == {"centroid": 2, "perimeter": 1, "scaled": 1, "clamp": 3, "distance_to": 1}
-        assert elapsed >= 1.0  # the 429's Retry-After: 1 was honored (backoff_s alone would wait 0.01 s)
+        assert 1.0 in waits  # the 429's Retry-After: 1 was honored (backoff_s alone would wait 0.01 s)
         assert {p.subject.name for p in batch.pairs} == {"centroid", "distance_to"} and len(batch.pairs) == 4
         assert "about `perimeter` (pkg/core.py) is malformed: reply is not JSON" in caplog.text
         assert "about `scaled`" in caplog.text and "choices" in caplog.text

@@ -21,7 +21,11 @@ class Killed(RuntimeError):
 
 
 class KillAfterCheckpoint(TrainerCallback):
-    """Stands in for a killed process: dies right after the checkpoint of ``step`` is on disk."""
+    """Stops training with an exception right after the checkpoint of ``step`` is complete on disk.
+
+    Not a kill: what a real SIGKILL mid-write leaves behind (and the resume after it) is tested on a real process in
+    ``test_crash_safety.py``; this in-process version checks the resume logic itself, fast and deterministically.
+    """
 
     def __init__(self, step: int):
         self.step = step
@@ -39,7 +43,7 @@ def _train_only(store_dataset: Path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, store_dataset, tiny_base):
+def test_a_run_stopped_after_a_checkpoint_resumes_from_it(tmp_path, store_dataset, tiny_base):
     data = _train_only(store_dataset)
     settings = fast_settings(max_steps=6, save_steps=2, eval_steps=2)
     with pytest.raises(Killed):
