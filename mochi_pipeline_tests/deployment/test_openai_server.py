@@ -115,6 +115,9 @@ def test_infill_llama_vscode_wire_format(base_url, model_server, tiny_model):
         ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "does not exist"),
         ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
         ("/infill", {"input_prefix": "x", "n_predict": "many"}, 400, "n_predict"),
+        # One choice per request: n > 1 is refused, not answered with a single choice.
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "n"),
     ],
 )
 def test_malformed_requests_get_4xx_with_a_reason(base_url, path, body, status, needle):
@@ -130,3 +133,11 @@ def test_invalid_json_and_openai_client_errors(base_url, client):
         client.completions.create(model="other", prompt="x")
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=[])
+
+
+def test_health_answers_without_a_key_while_the_api_wants_one(model_server):
+    with Running(create_app(model_server, api_key="health-test-key")) as url:
+        assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        authorized = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer health-test-key"}, timeout=30)
+        assert [m["id"] for m in authorized.json()["data"]] == ["tiny"]
