@@ -18,6 +18,7 @@ def repo(sample_repo, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_init_run_status_follow_commits_and_config_edits(repo):
     mochi(repo, "init")
     assert (repo / "mochi.yaml").is_file() and ".mochi/" in (repo / ".gitignore").read_text()
@@ -44,6 +45,7 @@ def test_init_run_status_follow_commits_and_config_edits(repo):
     assert status["code_chunks"] == status["deduplicated_chunks"] == "STALE"
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_errors_are_one_readable_paragraph(repo, tmp_path):
     (repo / "mochi.yaml").write_text("dedup:\n  threshold: 3\n")
     proc = mochi(repo, "status", check=False)
@@ -61,6 +63,7 @@ def test_errors_are_one_readable_paragraph(repo, tmp_path):
     assert "Unknown asset 'nonexistent'" in proc.stderr
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_a_tracker_without_its_token_stops_and_one_that_is_down_only_warns(repo, monkeypatch):
     (repo / "mochi.yaml").write_text("trackers:\n  github:\n    repo: octo/widgets\n    url: http://127.0.0.1:9/api/v3\n"
                                      "    token_env: MOCHI_TEST_CLI_TOKEN\n    max_retries: 0\n")
@@ -87,6 +90,7 @@ def test_init_force_overwrites_an_edited_config_and_keeps_the_gitignore(repo):
     assert (repo / ".gitignore").read_text().splitlines().count(".mochi/") == 1
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_config_option_reads_that_file_from_any_directory(repo, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
