@@ -35,6 +35,14 @@ def exported(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lora_exported(tiny_model, tmp_path_factory):
+    """gguf_lora_adapter (f32) + its check, materialized once for the tests that read it."""
+    model_dir, adapter_dir = tiny_model
+    return materialize_deployment(tmp_path_factory.mktemp("lora"), model_dir, adapter_dir, {"lora_outtype": "f32"},
+                                  ["gguf_lora_adapter"])
+
+
+@pytest.fixture(scope="session")
 def base_dir() -> Path:
     """The tiny base (pre-trained on Python's standard library: it knows generic code)."""
     return Path(resolve_base("tiny", TEST_TINY_STEPS).path)

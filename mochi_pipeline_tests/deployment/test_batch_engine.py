@@ -211,14 +211,11 @@ def test_score_many_is_each_score_decoded_together(random_f32):
         random_f32.score(prompt, "")
 
 
-def test_a_lora_adapter_is_applied_in_the_batch_context(tiny_model, tmp_path):
+def test_a_lora_adapter_is_applied_in_the_batch_context(lora_exported):
     """`serve(lora_path=...)`: the engine's own context carries the adapter, as llama.cpp's Llama does."""
     from mochi_pipeline.deployment.gguf_verify import load_llama
-    from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
 
-    model_dir, adapter_dir = tiny_model
-    _, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {"lora_outtype": "f32"},
-                                       ["gguf_lora_adapter"])
+    _, values = lora_exported
     lora = values["gguf_lora_adapter"]
     prompt, continuation = "def add(a, b):\n", "    return a + b\n"
     scores = {}

@@ -121,11 +121,10 @@ def test_unmerged_peft_model_names_the_cause(tiny_model, tmp_path):
     assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob(".*.gguf"))
 
 
-def test_lora_gguf_applies_on_the_base(tiny_model, tmp_path):
+def test_lora_gguf_applies_on_the_base(tiny_model, lora_exported):
     """gguf_lora_adapter: base GGUF + LoRA GGUF in llama.cpp reproduce the merged adapter in transformers."""
     model_dir, adapter_dir = tiny_model
-    result, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {"lora_outtype": "f32"},
-                                            ["gguf_lora_adapter"])
+    result, values = lora_exported
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == "lora_reproduces_merged_model" and evaluation.passed
     lora = values["gguf_lora_adapter"]
