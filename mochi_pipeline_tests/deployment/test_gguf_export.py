@@ -195,3 +195,12 @@ def test_mochi_export_of_a_model_directory_writes_verified_gguf_and_modelfile(ti
     assert gguf.read_bytes()[:4] == b"GGUF"
     assert "FROM ./outside-f16.gguf" in (out / "Modelfile").read_text()
     assert load_llama(gguf).n_vocab() == 49152
+
+
+def test_bf16_export_matches_transformers_within_its_tolerance(tiny_model, reference, tmp_path):
+    gguf = export_gguf(tiny_model[0], tmp_path, ["bf16"], name="tiny")
+    path = Path(gguf.file("bf16").path)
+    assert path.name == "tiny-bf16.gguf" and path.read_bytes()[:4] == b"GGUF"
+    check = verify_gguf(reference, path, "bf16")
+    assert check.passed, check.problems
+    assert check.tokens_identical and check.max_abs_diff > 0  # rounded to bf16: close, not identical
