@@ -181,3 +181,20 @@ def test_a_large_eval_split_is_sampled_at_each_eval_step(tmp_path, store_dataset
     assert len(data["eval"]) > 3
     assert any(f"3 of {len(data['eval'])} eval examples scored per eval step" in line for line in lines)
     assert [h["eval_loss"] for h in result.history if "eval_loss" in h]  # it still evaluates
+
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_does_not_resume_anothers_checkpoint(tmp_path, store_dataset, tiny_base):
+    data = _train_only(store_dataset)
+    with pytest.raises(Killed):
+        train(data, tiny_base, fast_settings(max_steps=6, save_steps=2, eval_steps=2), tmp_path,
+              callbacks=[KillAfterCheckpoint(4)])
+    (stopped,) = [p.parent.name for p in tmp_path.glob("*/checkpoints")]
+    lines: list[str] = []
+    other = train(data, tiny_base, fast_settings(max_steps=6, save_steps=2, eval_steps=2, learning_rate=1e-3),
+                  tmp_path, log=lines.append)
+    assert other.run_id != stopped and other.resumed_from == ""  # its own run, from the base
+    assert [h["step"] for h in other.history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert not any("resuming from" in line for line in lines)
+    assert (tmp_path / stopped / "checkpoints" / "checkpoint-4").is_dir()  # the other run's checkpoint is left be
+
