@@ -198,3 +198,45 @@ def test_a_run_with_other_settings_does_not_resume_anothers_checkpoint(tmp_path,
     assert not any("resuming from" in line for line in lines)
     assert (tmp_path / stopped / "checkpoints" / "checkpoint-4").is_dir()  # the other run's checkpoint is left be
 
+
+
+def test_packed_rows_mask_each_example_from_the_others(tiny_base):
+    from mochi_pipeline.training.trainer import PackedRowsCollator
+
+    a, b = [1012, 1130, 1250, 1333], [2041, 2150, 2262]
+    batch = PackedRowsCollator(pad_token_id=0)([
+        {"input_ids": a + b, "labels": [-100, 1130, 1250, 1333, 2041, 2150, 2262], "seq_lengths": [4, 3]},
+        {"input_ids": b, "labels": b, "seq_lengths": [3]},
+    ])
+    # Padding and each example's first token (nothing before it in its own example) are not predicted.
+    assert batch["labels"].tolist() == [[-100, 1130, 1250, 1333, -100, 2150, 2262],
+                                        [-100, 2150, 2262, -100, -100, -100, -100]]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path, dtype=torch.float32).eval()
+    with torch.no_grad():  # as in training: no KV cache (with one, transformers reads no packing from positions)
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([b]), use_cache=False).logits
+        joined = model(input_ids=torch.tensor([a + b]), use_cache=False).logits  # one sequence: b would see a
+    assert torch.allclose(packed[0, 4:], alone[0], atol=1e-4)  # b packed after a sees only itself
+    assert not torch.allclose(joined[0, 4:], alone[0], atol=1e-4)
+
+
+def test_the_cpu_loss_keeps_packed_examples_apart(tiny_base, tmp_path):
+    import datasets
+    from trl import SFTConfig
+
+    from mochi_pipeline.training.trainer import MochiSFTTrainer, PackedRowsCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path, dtype=torch.float32)
+    trainer = MochiSFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                              train_dataset=datasets.Dataset.from_dict({"prompt": ["x = "], "completion": ["1"]}),
+                              processing_class=load_tokenizer(tiny_base))
+    a, b = [1012, 1130, 1250, 1333], [2041, 2150, 2262]
+    batch = PackedRowsCollator(pad_token_id=0)([{"input_ids": a + b, "labels": a + b, "seq_lengths": [4, 3]}])
+    assert trainer.model.config.use_cache is False  # the trainer turns the KV cache off: packing can be read
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        apart = trainer.model(**batch, use_cache=False).loss  # what packing promises: no cross-example attention
+        cached = trainer.model(**batch, use_cache=True).loss  # a KV cache hides the boundaries from transformers
+    assert not torch.allclose(apart, cached)  # the two differ, so the comparison below can tell them apart
+    assert torch.allclose(loss, apart)
