@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test dev bench lint clean system-deps
+.PHONY: demo test test-fast dev bench lint clean system-deps
 
 # The servers and browser the tests start themselves on loopback (PostgreSQL, Redis, headless Chromium),
 # from Debian's packages; installed once, only where missing.
@@ -32,8 +32,13 @@ demo: $(STAMP)
 	$(BIN)/mochi run
 	$(BIN)/mochi report
 
+# Everything (CI). Builds go to the session's own cache, .mochi-test-cache/ (or $$MOCHI_TEST_CACHE), kept between runs.
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+# The loop to run after every change: all but the tests marked `slow` (training, model builds, servers).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
 
 dev: $(STAMP)
 	$(BIN)/mochi ui
@@ -50,4 +55,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check mochi_pipeline mochi_pipeline_tests benchmarks
 
 clean:
-	rm -rf $(VENV) .mochi
+	rm -rf $(VENV) .mochi .mochi-test-cache

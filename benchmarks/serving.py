@@ -125,8 +125,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_dir = args.model_dir
     if model_dir is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mochi_pipeline_tests" / "deployment"))
-        from deploy_tiny_llama import cached_tiny_llama_and_adapter
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from mochi_pipeline_tests.deployment.deploy_tiny_llama import cached_tiny_llama_and_adapter
 
         model_dir, _ = cached_tiny_llama_and_adapter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

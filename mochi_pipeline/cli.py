@@ -196,6 +196,10 @@ def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[s
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
     if not result.success:
+        from mochi_pipeline.dagster_internals import interrupted
+
+        if interrupted(result):  # Ctrl-C: Dagster made the signal a failed step; say it as an interruption
+            raise KeyboardInterrupt
         raise CLIError("The run failed.\n" + "\n".join(_failure_reasons(result))
                        + f"\nRun id: {result.run_id} (details in `mochi ui`).")
 

@@ -10,6 +10,8 @@
   resolving ``env:`` values (``dg.validate_run_config`` would need them set where the code loads).
 - ``free_pool_slots``: a killed run keeps the pool slots its steps held (only the daemon's run
   monitoring frees them), so the next `mochi run` would wait forever for the ``gpu`` pool.
+- ``interrupted``: Ctrl-C during ``execute_in_process`` does not raise; Dagster turns the signal into a
+  failed step (``DagsterExecutionInterruptedError``) and the run just fails.
 ``test_dagster_internals.py`` pins the behaviour relied on, so an upgrade that changes it fails there first.
 """
 
@@ -90,3 +92,10 @@ def free_pool_slots(instance: dg.DagsterInstance, run_id: str) -> None:
     """Give back the concurrency-pool slots a run that died still holds."""
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+def interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run failed because it was interrupted (Ctrl-C / SIGINT), not because a step failed."""
+    return any(event.is_step_failure and event.step_failure_data.error is not None
+               and event.step_failure_data.error.cls_name == "DagsterExecutionInterruptedError"
+               for event in result.all_events)

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mochi_pipeline.storage import atomic_directory, file_sha256
+from mochi_pipeline.storage import atomic_directory, build_key, file_sha256
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
@@ -33,7 +33,11 @@ class VendorError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """``$MOCHI_CACHE`` or ``~/.cache/mochi``: build products shared by every project."""
+    """``$MOCHI_CACHE`` or ``~/.cache/mochi``: build products shared by every project.
+
+    Every build in it is keyed by the code and settings that make it (``storage.build_key``). The test
+    session sets ``$MOCHI_CACHE`` to its own root (``mochi_pipeline_tests/conftest.py``), never this one.
+    """
     return Path(os.environ.get("MOCHI_CACHE") or Path.home() / ".cache" / "mochi").expanduser()
 
 
@@ -62,8 +66,9 @@ def _download_sdist(dest: Path) -> Path:
 
 
 def llama_cpp_dir() -> Path:
-    """Directory holding ``convert_hf_to_gguf.py``, ``gguf-py/`` and ``models/`` (extracted once)."""
-    dest = cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+    """Directory holding ``convert_hf_to_gguf.py``, ``gguf-py/`` and ``models/`` (extracted once per key:
+    the release's checksum and this module's code, which picks what is extracted)."""
+    dest = cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}-{build_key([__file__], SDIST_SHA256)}"
     if all((dest / name).exists() for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

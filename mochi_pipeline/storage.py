@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -87,6 +87,15 @@ def content_hash(*parts: str | bytes) -> str:
         h.update(part.encode("utf-8") if isinstance(part, str) else part)
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def build_key(sources: Iterable[str | os.PathLike], *settings: object) -> str:
+    """Cache key of a build: the source files of the code that makes it and the settings it is made with.
+
+    Any edit to that code or any other setting gives another key, so a cached build is never one made by
+    older code (no version number to remember to bump).
+    """
+    return content_hash(*(Path(s).read_bytes() for s in sources), *(repr(s) for s in settings))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -16,6 +16,18 @@ from mochi_pipeline.config import parse_config
 from mochi_pipeline_tests.repo_factory import make_sample_repo
 
 
+def pytest_configure(config):
+    """The session's own build cache (tiny base, test models, llama.cpp's converter), never the user's.
+
+    ``$MOCHI_TEST_CACHE``, default ``.mochi-test-cache/`` in the checkout: kept between runs (every build in
+    it is keyed by the code that makes it, so a warm cache never hides a change) and set as ``$MOCHI_CACHE``
+    for this process and every ``mochi`` it starts. A ``$MOCHI_CACHE`` of the user's is ignored here.
+    """
+    root = Path(os.environ.get("MOCHI_TEST_CACHE") or config.rootpath / ".mochi-test-cache").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["MOCHI_CACHE"] = str(root)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -7,19 +7,59 @@ client library sent (pagination, cursors, retries).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+T = TypeVar("T")
+
+
+class PortTaken(RuntimeError):
+    """The port a server was given was taken by another process before the server could bind it."""
+
+
+def port_taken(output: str) -> bool:
+    """Whether a server's output says it could not bind its port (EADDRINUSE, in any server's words)."""
+    text = output.lower()
+    return "address already in use" in text or "eaddrinuse" in text or "errno 98" in text
+
+
+def on_a_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
+    """``start(port)`` on a port that was free a moment ago; again on another port if it raises ``PortTaken``.
+
+    Servers this suite starts as other processes (redis-server, PostgreSQL, dagster-webserver, torch's
+    rendezvous) cannot be handed a bound socket, so the port is closed before they bind it and another process
+    may take it in between. In-process servers bind port 0 themselves instead (``served_app.Running``).
+    """
+    for attempt in range(attempts):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 free right now, for a server a test starts."""
+    """A port on 127.0.0.1 free right now (use it through ``on_a_free_port``: it may be taken before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as the block runs: bound, never listening, so no
+    other process can take it and answer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 @dataclass

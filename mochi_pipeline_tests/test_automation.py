@@ -18,6 +18,7 @@ from mochi_pipeline.incremental import DATA_VERSION_TAG
 from mochi_pipeline_tests.materialize import DATA_ASSETS as DATA
 from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, git
+from mochi_pipeline_tests.sensor_ticks import sensor_tick
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 # Fed by the trackers and CI systems, not by the repository.
@@ -38,18 +39,6 @@ def repo(sample_repo, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(sample_repo, copy)
     return copy
-
-
-def sensor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None,
-                name: str = "new_commit_sensor"):
-    """Evaluate a sensor once and record what it reports, as the daemon does."""
-    sensor = defs.resolve_sensor_def(name)
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
-        result = sensor(context)
-    if isinstance(result, dg.SensorResult):
-        for event in result.asset_events:
-            instance.report_runless_asset_event(event)
-    return result
 
 
 def requested(result) -> set[str]:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from mochi_pipeline_tests.cli_runner import mochi, status_of
 from mochi_pipeline_tests.repo_factory import commit
-
-
-def mochi(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
-    proc = subprocess.run([sys.executable, "-m", "mochi_pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mochi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture
@@ -29,11 +18,7 @@ def repo(sample_repo, tmp_path) -> Path:
     return copy
 
 
-def status_of(cwd: Path) -> dict[str, str]:
-    out = mochi(cwd, "status").stdout
-    return {parts[1]: parts[0] for line in out.splitlines() if len(parts := line.split()) == 2}
-
-
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_init_run_status_follow_commits_and_config_edits(repo):
     mochi(repo, "init")
     assert (repo / "mochi.yaml").is_file() and ".mochi/" in (repo / ".gitignore").read_text()
@@ -60,6 +45,7 @@ def test_init_run_status_follow_commits_and_config_edits(repo):
     assert status["code_chunks"] == status["deduplicated_chunks"] == "STALE"
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_errors_are_one_readable_paragraph(repo, tmp_path):
     (repo / "mochi.yaml").write_text("dedup:\n  threshold: 3\n")
     proc = mochi(repo, "status", check=False)
@@ -77,6 +63,7 @@ def test_errors_are_one_readable_paragraph(repo, tmp_path):
     assert "Unknown asset 'nonexistent'" in proc.stderr
 
 
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
 def test_a_tracker_without_its_token_stops_and_one_that_is_down_only_warns(repo, monkeypatch):
     (repo / "mochi.yaml").write_text("trackers:\n  github:\n    repo: octo/widgets\n    url: http://127.0.0.1:9/api/v3\n"
                                      "    token_env: MOCHI_TEST_CLI_TOKEN\n    max_retries: 0\n")
@@ -88,3 +75,36 @@ def test_a_tracker_without_its_token_stops_and_one_that_is_down_only_warns(repo,
     down = mochi(repo, "status")  # nothing listens on port 9: the rest of the project still shows
     assert "Warning: could not look at the trackers" in down.stderr and "trackers.github.url" in down.stderr
     assert "MISSING  issue_threads" in down.stdout and "ghp_cli_test_token" not in down.stdout + down.stderr
+
+
+def test_init_force_overwrites_an_edited_config_and_keeps_the_gitignore(repo):
+    mochi(repo, "init")
+    (repo / "mochi.yaml").write_text("dedup:\n  threshold: 0.5\n")
+    refused = mochi(repo, "init", check=False)
+    assert refused.returncode == 2 and "Use --force" in refused.stderr
+    assert (repo / "mochi.yaml").read_text() == "dedup:\n  threshold: 0.5\n"  # refused: untouched
+
+    mochi(repo, "init", "--force")
+    text = (repo / "mochi.yaml").read_text()
+    assert "threshold: 0.5" not in text and "repo:" in text  # the commented template again
+    assert (repo / ".gitignore").read_text().splitlines().count(".mochi/") == 1
+
+
+@pytest.mark.slow  # `mochi status`/`mochi run` in subprocesses: each loads the code location (seconds)
+def test_config_option_reads_that_file_from_any_directory(repo, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = tmp_path / "other.yaml"
+    config.write_text(f"repo:\n  source: {repo}\nartifacts_root: {tmp_path / 'art'}\n")
+    out = mochi(elsewhere, "--config", str(config), "status").stdout
+    assert f"artifacts: {tmp_path / 'art'}" in out and "MISSING  source_files" in out
+
+    config.write_text("dedup:\n  threshold: 3\n")  # the file named is the one read: its error, not another's
+    assert "dedup.threshold = 3" in mochi(elsewhere, "--config", str(config), "status", check=False).stderr
+
+
+def test_serve_without_an_exported_model_says_how_to_get_one(repo):
+    proc = mochi(repo, "serve", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "No mochi-q8_0.gguf" in proc.stderr and "Run `mochi export` first" in proc.stderr
+    assert "No mochi-f16.gguf" in mochi(repo, "serve", "--quantization", "f16", check=False).stderr

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from mochi_pipeline.io_manager import read_asset_file
+from mochi_pipeline_tests.cli_runner import mochi
 from mochi_pipeline_tests.repo_factory import commit
-from mochi_pipeline_tests.test_cli import mochi
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
@@ -142,3 +142,27 @@ def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5"]
     assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_ctrl_c_stops_a_run_with_a_sentence_and_the_next_run_finishes_it(repo):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = {f"lib/{p.name}": p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))}
+    commit(repo, "Vendor a lot of code to chunk", "2024-06-01T10:00:00+00:00", files)
+    art = repo / ".mochi"
+    select = ["--select", "source_files", "clean_files", "code_chunks"]
+    proc = start(repo, *select)
+    deadline = time.monotonic() + 300
+    while not any((art / "cache" / "chunks").glob("*/*.json")):  # mid-chunking, as a person presses Ctrl-C
+        assert proc.poll() is None, proc.log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
+    out = proc.log.read_text(errors="replace")
+    assert code == 130, out[-3000:]
+    assert "Interrupted; finished work is kept and the next run resumes from it." in out
+    assert "The run failed" not in out
+    assert not (art / "assets" / "code_chunks.jsonl").exists()
+    assert_nothing_half_written(art)
+    assert "code_chunks" in mochi(repo, "run", *select).stdout
+    assert (art / "assets" / "code_chunks.jsonl").is_file()

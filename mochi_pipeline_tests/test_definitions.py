@@ -1,13 +1,13 @@
 """The code location loads, and its asset graph matches the reviewed snapshot.
 
-A deliberate graph change: MOCHI_UPDATE_SNAPSHOT=1 pytest mochi_pipeline_tests/test_definitions.py rewrites the
-snapshot and fails, so the new one is reviewed (git diff) before the suite passes again.
+A deliberate graph change: the failing test writes the graph it found into its tmp_path and prints the command
+that copies it over the snapshot, so the new one is reviewed (git diff) before the suite passes again. The test
+never writes into the source tree.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -51,12 +51,13 @@ def test_code_location_loads_from_mochi_yaml_when_asked(sample_repo, monkeypatch
     assert loaded.resolve_implicit_global_asset_job_def() is not None
 
 
-def test_asset_graph_matches_snapshot(graph):
+def test_asset_graph_matches_snapshot(graph, tmp_path):
     summary = _graph_summary(graph)
-    if os.environ.get("MOCHI_UPDATE_SNAPSHOT"):
-        SNAPSHOT.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        pytest.fail(f"Rewrote {SNAPSHOT.name}: review `git diff` and run again without MOCHI_UPDATE_SNAPSHOT.")
-    assert summary == json.loads(SNAPSHOT.read_text())
+    if summary != json.loads(SNAPSHOT.read_text()):
+        found = tmp_path / SNAPSHOT.name
+        found.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        pytest.fail(f"The asset graph differs from {SNAPSHOT.name}. If the change is meant, accept it with\n"
+                    f"  cp {found} {SNAPSHOT}\nand review `git diff`.")
 
 
 def test_every_asset_is_grouped_by_layer_described_and_versioned(graph):

@@ -17,8 +17,8 @@ import yaml
 from mochi_pipeline.config import load_config
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.storage import file_sha256
+from mochi_pipeline_tests.cli_runner import mochi, status_of
 from mochi_pipeline_tests.repo_factory import commit
-from mochi_pipeline_tests.test_cli import mochi, status_of
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
@@ -86,6 +86,27 @@ def runs_of(repo: Path) -> dict[str, list[dg.EventLogEntry]]:
             instance.fetch_materializations(k, limit=100).records)] for k in keys}
 
 
+def check_results(repo: Path) -> dict[str, bool]:
+    """Whether each asset check passed at its latest evaluation (``asset:check``), from the CLI's run history."""
+    home = repo / ".mochi" / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True)
+        evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in evaluations}
+
+
+# Checks every full run evaluates; each must pass on the tiny model the demo config trains.
+EXPECTED_CHECKS = {
+    "source_files:source_files_found", "code_chunks:code_chunks_not_empty", "code_chunks:code_chunks_within_budget",
+    "deduplicated_chunks:no_exact_duplicates_left", "doc_sections:doc_sections_not_empty",
+    "training_dataset:schema_valid", "training_dataset:no_train_eval_overlap",
+    "training_dataset:no_secrets_in_training_data", "training_dataset:mix_within_proportions",
+    "fine_tuned_adapter:training_loss_decreased", "evaluation_report:quality_gate",
+    "gguf_model:gguf_matches_transformers", "assist_evaluation:rerank_beats_chance",
+}
+
+
 def data_version(entry: dg.EventLogEntry) -> str:
     return entry.asset_materialization.tags["dagster/data_version"]
 
@@ -113,6 +134,9 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     assert (art / "training" / "accepted.json").is_file()
     rerank = read_asset_file(art / "assets" / "assist_evaluation.json")
     assert rerank.n_cases >= 3 and rerank.accuracy > rerank.chance  # held-out changes, picked by the trained model
+    checks = check_results(repo)
+    assert EXPECTED_CHECKS <= checks.keys()
+    assert [name for name, passed in checks.items() if not passed] == []
 
     out = mochi(repo, "report").stdout
     assert "evaluation_report:" in out and "| **all** |" in out
@@ -167,6 +191,7 @@ def test_a_worse_model_is_blocked_and_the_exported_one_stays(sample_repo, tmp_pa
     assert file_sha256(served) == digest  # nothing exported: the old model is what `mochi serve` finds
     report = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json")
     assert not report.accepted
+    assert check_results(repo)["evaluation_report:quality_gate"] is False
 
     again = mochi(repo, "run").stdout  # the rejection stands; nothing below it is attempted again
     assert "Not running" in again and "quality gate rejected" in again and "Nothing else to run" in again

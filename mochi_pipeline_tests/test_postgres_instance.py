@@ -24,7 +24,7 @@ import yaml
 
 from mochi_pipeline.cli import REPO_ROOT
 from mochi_pipeline.definitions import defs
-from mochi_pipeline_tests.loopback import free_port
+from mochi_pipeline_tests.loopback import PortTaken, on_a_free_port, port_taken
 from mochi_pipeline_tests.materialize import DATA_ASSETS
 
 pytestmark = pytest.mark.slow
@@ -76,18 +76,28 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
         owner = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
     else:
         root = tmp_path_factory.mktemp("postgres")
-    server = Postgres(port=free_port(), password=secrets.token_urlsafe(24))
+    password = secrets.token_urlsafe(24)
     pwfile = root / "password"
-    pwfile.write_text(server.password)
+    pwfile.write_text(password)
     pwfile.chmod(0o600)
     if owner:
         os.chown(pwfile, owner["user"], owner["group"])
     data = root / "data"
     try:
-        run([bindir / "initdb", "-D", data, "-U", server.user, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+        run([bindir / "initdb", "-D", data, "-U", Postgres.user, f"--pwfile={pwfile}", "--auth=scram-sha-256",
              "--encoding=UTF8", "--locale=C", "--no-sync"], **owner)
-        run([bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-t", "60",
-             "-o", f"-h {server.host} -p {server.port} -k {root}", "start"], **owner)
+
+        def start(port: int) -> Postgres:
+            log = root / f"server-{port}.log"
+            done = subprocess.run([str(c) for c in (bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                                                    f"-h {Postgres.host} -p {port} -k {root}", "start")],
+                                  capture_output=True, text=True, **owner)
+            if done.returncode != 0:
+                text = f"{done.stdout}\n{done.stderr}\n{log.read_text() if log.exists() else ''}"
+                raise (PortTaken if port_taken(text) else AssertionError)(f"pg_ctl start failed:\n{text}")
+            return Postgres(port=port, password=password)
+
+        server = on_a_free_port(start)
         run([bindir / "createdb", "-h", server.host, "-p", server.port, "-U", server.user, server.db],
             env={**os.environ, "PGPASSWORD": server.password})
         yield server

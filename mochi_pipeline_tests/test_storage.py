@@ -53,3 +53,14 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         (folder / "half").write_text("x")
         raise RuntimeError("killed")
     assert not (tmp_path / "dir").exists() and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_build_key_changes_with_the_code_and_with_each_setting(tmp_path):
+    code = tmp_path / "builder.py"
+    code.write_text("STEPS = 20\n")
+    key = storage.build_key([code], "template", 20)
+    assert key == storage.build_key([code], "template", 20)  # stable: a warm cache is found again
+    assert key != storage.build_key([code], "template", 21)
+    assert key != storage.build_key([code], "template ", 20)
+    code.write_text("STEPS = 20  # an edit anywhere in the code\n")
+    assert key != storage.build_key([code], "template", 20)

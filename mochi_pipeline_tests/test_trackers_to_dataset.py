@@ -26,7 +26,7 @@ from mochi_pipeline_tests.ingestion.ci_wire import (
 from mochi_pipeline_tests.ingestion.tracker_wire import GitHubStandIn, GitLabStandIn, Item, JiraStandIn, Note
 from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, make_sample_repo
-from mochi_pipeline_tests.test_automation import sensor_tick
+from mochi_pipeline_tests.sensor_ticks import sensor_tick
 
 ISSUES_TOKEN = "ghp_IssuesLoopbackToken0123456789abcdefAB"
 CI_TOKEN = "ghp_LoopbackToken0123456789abcdefABCDEF"

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import yaml
 
-from mochi_pipeline_tests.loopback import free_port
-from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.cli_runner import mochi
+from mochi_pipeline_tests.loopback import PortTaken, on_a_free_port, port_taken
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
@@ -70,36 +70,53 @@ def ui(sample_repo, tmp_path):
     (repo / "mochi.yaml").write_text(yaml.safe_dump({"generation": {"eval_time_share": 0.3}, "training": TRAINING}))
     mochi(repo, "run", "--select", "+evaluation_report")
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
-    log = (tmp_path / "ui.log").open("wb")
-    # Its own process group: `dagster dev` runs the webserver and the daemon as children.
-    proc = subprocess.Popen([sys.executable, "-m", "mochi_pipeline.cli", "ui", "--port", str(port)], cwd=repo,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"mochi ui exited: {(tmp_path / 'ui.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mochi ui did not come up: {(tmp_path / 'ui.log').read_text()[-3000:]}"
-            try:
-                if _graphql(port, "{ assetNodes { id } }")["assetNodes"]:
-                    break
-            except (httpx.HTTPError, KeyError, TypeError, ValueError):
-                pass
-            time.sleep(1)
-        yield port
+        yield on_a_free_port(lambda port: _start_ui(repo, port, tmp_path / f"ui-{port}.log", procs))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        deadline = time.monotonic() + 60  # the webserver and daemon shut down after `mochi ui` has exited
+        for proc in procs:
+            _stop_group(proc)
+
+
+def _start_ui(repo: Path, port: int, log_path: Path, procs: list[subprocess.Popen]) -> int:
+    """`mochi ui --port port` answering GraphQL; ``PortTaken`` when another process took the port first."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
+    with log_path.open("wb") as log:
+        # Its own process group: `dagster dev` runs the webserver and the daemon as children.
+        proc = subprocess.Popen([sys.executable, "-m", "mochi_pipeline.cli", "ui", "--port", str(port)], cwd=repo,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(proc)
+    deadline = time.monotonic() + 180
+    while True:
+        text = log_path.read_text(errors="replace")
+        if port_taken(text):
+            _stop_group(proc)
+            raise PortTaken(text[-3000:])
+        assert proc.poll() is None, f"mochi ui exited: {text[-3000:]}"
+        assert time.monotonic() < deadline, f"mochi ui did not come up: {text[-3000:]}"
         try:
-            while time.monotonic() < deadline:
-                os.killpg(proc.pid, 0)
-                time.sleep(0.5)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            if _graphql(port, "{ assetNodes { id } }")["assetNodes"]:
+                return port
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
             pass
-        log.close()
+        time.sleep(1)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to `mochi ui`'s process group; SIGKILL to what is left a minute later."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60  # the webserver and daemon shut down after `mochi ui` has exited
+    try:
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture

@@ -383,7 +383,7 @@ def _fetch(repo: git.Repo, url: str, timeout_s: float, action: str) -> None:
         if "kill_after_timeout=" in stderr:  # GitPython killed it
             raise GitError(f"Could not {action} {url} within {timeout_s:.0f} s. Check the network, or raise "
                            "repo.git_timeout_s in mochi.yaml.", retryable=True) from None
-        raise GitError(f"Could not {action} {url}: {stderr}. Check the URL, network and credentials.",
+        raise GitError(f"Could not {action} {url}: {stderr.rstrip('.')}. Check the URL, network and credentials.",
                        retryable=True) from None
     _follow_remote_head(repo, timeout_s)
 

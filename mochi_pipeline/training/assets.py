@@ -29,7 +29,7 @@ from mochi_pipeline.training.artifacts import (
 from mochi_pipeline.training.base_models import BaseModelError, resolve_base
 from mochi_pipeline.training.settings import TrainingSettings
 from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dataset_dict
-from mochi_pipeline.training.tiny_base import TINY_VERSION, pretrain_report
+from mochi_pipeline.training.tiny_base import pretrain_report, tiny_base_key
 
 GROUP = "training"
 LOGIC_VERSION = "3"
@@ -56,7 +56,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
     hub = training.base_model != "tiny" and not Path(training.base_model).expanduser().is_dir()
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"},
-              code_version=f"{LOGIC_VERSION}-tiny{TINY_VERSION}-{base_settings}",
+              code_version=f"{LOGIC_VERSION}-tiny{tiny_base_key(training.tiny_pretrain_steps)}-{base_settings}",
               pool=GPU_POOL, op_tags=GPU_POD,  # the tiny base is pre-trained here
               retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL) if hub else None)
     def base_model(context: dg.AssetExecutionContext) -> Iterator:

@@ -1,6 +1,7 @@
 """The offline ``tiny`` base model: a small Llama that already knows generic code.
 
-Built once per pre-training budget and cached under ``cache_root()/tiny-base-v<N>-s<steps>``:
+Built once per pre-training budget and cached under ``cache_root()/tiny-base-s<steps>-<key>``, the key a
+hash of this module's code, the tokenizer's release and template, the corpus and the library versions:
 the StarCoder tokenizer (from llama.cpp's vocabulary GGUF, so llama.cpp converts the result), a
 ~7M-parameter ``LlamaForCausalLM``, pre-trained (seeded) on Python's own standard library so that
 fine-tuning gains measured later are gains over a model that can already read code. Like
@@ -13,19 +14,21 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
-from mochi_pipeline.storage import atomic_directory, atomic_write_text, file_lock
+from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
+from mochi_pipeline.storage import atomic_directory, atomic_write_text, build_key, file_lock
+from mochi_pipeline.training import fim
 from mochi_pipeline.training.fim import STARCODER_FIM
 
-TINY_VERSION = 2  # bump when the architecture, corpus or recipe changes
 SEQ_LEN = 256
 BATCH = 8
 EVAL_BLOCKS = 16
@@ -34,13 +37,22 @@ EOS = "<|endoftext|>"
 FIM_RATE = 0.5
 
 
-def tiny_base_dir(steps: int) -> Path:
-    return cache_root() / f"tiny-base-v{TINY_VERSION}-s{steps}"
+def tiny_base_key(steps: int, seed: int = 0) -> str:
+    """What makes the tiny base: the code here and in ``fim``, the chat template, the vocabulary's release, the
+    corpus (this interpreter's standard library), torch and transformers, the budget and the seed."""
+    from mochi_pipeline.training.base_models import PLAIN_TEMPLATE
+
+    return build_key([__file__, fim.__file__], PLAIN_TEMPLATE, LLAMA_CPP_PYTHON_VERSION, sys.version,
+                     sysconfig.get_paths()["stdlib"], torch.__version__, transformers.__version__, steps, seed)
+
+
+def tiny_base_dir(steps: int, seed: int = 0) -> Path:
+    return cache_root() / f"tiny-base-s{steps}-{tiny_base_key(steps, seed)}"
 
 
 def build_tiny_base(steps: int, seed: int = 0, log: Callable[[str], None] = print) -> Path:
     """Directory of the pre-trained tiny base (built on first use; later calls return at once)."""
-    dest = tiny_base_dir(steps)
+    dest = tiny_base_dir(steps, seed)
     if (dest / PRETRAIN_FILE).is_file():
         return dest
     with file_lock(dest.with_name(dest.name + ".lock")):
@@ -151,7 +163,7 @@ def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     report = {
-        "version": TINY_VERSION,
+        "key": tiny_base_key(steps, seed),
         "steps": steps,
         "tokens": steps * BATCH * SEQ_LEN,
         "seconds": round(time.monotonic() - started, 1),

@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from deploy_materialize import materialize_deployment
-from deploy_tiny_llama import cached_tiny_llama_and_adapter
 
 from mochi_pipeline.deployment.gguf_export import convert_hf_to_gguf
 from mochi_pipeline.deployment.server import ModelServer
 from mochi_pipeline.training.base_models import resolve_base
-from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.cli_runner import mochi
+from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
+from mochi_pipeline_tests.deployment.deploy_tiny_llama import cached_tiny_llama_and_adapter
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 
@@ -32,6 +32,14 @@ def exported(tiny_model, tmp_path_factory):
         {"quantizations": ["f32", "f16", "q8_0", "q4_k_m"], "model_name": "tiny", "system_prompt": "You are terse."},
         ["gguf_model", "ollama_modelfile"],
     )
+
+
+@pytest.fixture(scope="session")
+def lora_exported(tiny_model, tmp_path_factory):
+    """gguf_lora_adapter (f32) + its check, materialized once for the tests that read it."""
+    model_dir, adapter_dir = tiny_model
+    return materialize_deployment(tmp_path_factory.mktemp("lora"), model_dir, adapter_dir, {"lora_outtype": "f32"},
+                                  ["gguf_lora_adapter"])
 
 
 @pytest.fixture(scope="session")

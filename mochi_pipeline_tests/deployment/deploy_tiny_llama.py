@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mochi_pipeline.llama_cpp_vendor import cache_root, vocab_gguf
-from mochi_pipeline.storage import atomic_directory
+from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
+from mochi_pipeline.storage import atomic_directory, build_key, file_lock
 from mochi_pipeline.training.base_models import PLAIN_TEMPLATE
-
-FIXTURE_VERSION = 2  # bump when the models built here change
 
 
 def load_starcoder_tokenizer():
@@ -68,10 +66,18 @@ def build_lora_adapter(base_dir: Path, dest: Path, rank: int = 4, seed: int = 0)
 
 
 def cached_tiny_llama_and_adapter() -> tuple[Path, Path]:
-    """The tiny model and a LoRA adapter on it, built once under the mochi cache (tokenizer loading is slow)."""
-    root = cache_root() / "test-models" / f"deploy-tiny-llama-v{FIXTURE_VERSION}"
-    if not (root / "adapter" / "adapter_config.json").is_file():
-        with atomic_directory(root) as tmp:
-            build_tiny_llama(tmp / "model")
-            build_lora_adapter(tmp / "model", tmp / "adapter")
+    """The tiny model and a LoRA adapter on it, built once per key under the mochi cache (tokenizer loading is
+    slow); the key covers this file's code, the template and the library versions, so a change rebuilds them."""
+    import peft
+    import torch
+    import transformers
+
+    key = build_key([__file__], PLAIN_TEMPLATE, LLAMA_CPP_PYTHON_VERSION, torch.__version__, transformers.__version__,
+                    peft.__version__)
+    root = cache_root() / "test-models" / f"deploy-tiny-llama-{key}"
+    with file_lock(root.with_name(root.name + ".lock")):
+        if not (root / "adapter" / "adapter_config.json").is_file():
+            with atomic_directory(root) as tmp:
+                build_tiny_llama(tmp / "model")
+                build_lora_adapter(tmp / "model", tmp / "adapter")
     return root / "model", root / "adapter"

@@ -11,10 +11,12 @@ import httpx
 import llama_cpp
 import numpy as np
 import pytest
-from served_app import Running, sse_events
 
 from mochi_pipeline.deployment.engine import Sampling
 from mochi_pipeline.deployment.server import ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running, sse_events
+
+pytestmark = pytest.mark.slow  # real GGUF models in llama.cpp's batched engine and a server on loopback
 
 PROMPTS = ["def add(a, b):\n", "import os\n", "class Stack:\n", "for i in range(10):\n", "# parse args\n",
            "x = [", "return ", "async def main():\n"]
@@ -209,15 +211,11 @@ def test_score_many_is_each_score_decoded_together(random_f32):
         random_f32.score(prompt, "")
 
 
-def test_a_lora_adapter_is_applied_in_the_batch_context(tiny_model, tmp_path):
+def test_a_lora_adapter_is_applied_in_the_batch_context(lora_exported):
     """`serve(lora_path=...)`: the engine's own context carries the adapter, as llama.cpp's Llama does."""
-    from deploy_materialize import materialize_deployment
-
     from mochi_pipeline.deployment.gguf_verify import load_llama
 
-    model_dir, adapter_dir = tiny_model
-    _, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {"lora_outtype": "f32"},
-                                       ["gguf_lora_adapter"])
+    _, values = lora_exported
     lora = values["gguf_lora_adapter"]
     prompt, continuation = "def add(a, b):\n", "    return a + b\n"
     scores = {}

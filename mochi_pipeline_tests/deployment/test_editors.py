@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from served_app import Running, sse_events
 
 from mochi_pipeline.deployment.server import InfillRequest, ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running, sse_events
+
+pytestmark = pytest.mark.slow  # a real GGUF model behind a server on loopback
 
 KEY = "team-key-41d0"
 PREFIX = "def fibonacci(n):\n    if n < 2:\n        return n\n    "
@@ -135,7 +137,9 @@ def test_llama_vscode_infill(http, server):
     assert isinstance(data["content"], str) and 1 <= data["tokens_predicted"] <= 128
     assert data["truncated"] is False and data["tokens_cached"] == 0
     timings = data["timings"]  # what llama.vscode's status bar shows
-    assert timings["prompt_n"] == data["tokens_evaluated"] == len(server.infill_tokens(InfillRequest(**body)))
+    # The same count in both places; that count is checked against transformers' tokenizer (not the server's own
+    # code) in test_openai_server.py's infill test.
+    assert timings["prompt_n"] == data["tokens_evaluated"] > 0
     assert timings["predicted_n"] == data["tokens_predicted"] and timings["predicted_ms"] >= 0
     assert http.post("/infill", json=body, headers=llama_vscode_headers()).json()["content"] == data["content"]
     assert http.post("/infill", json=body).status_code == 401  # api_key left empty in llama.vscode

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import httpx
 import llama_cpp
 import pytest
 import torch
-import uvicorn
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -36,8 +33,8 @@ from mochi_pipeline.training.fim import fim_tokens
 from mochi_pipeline.training.merge import merge
 from mochi_pipeline.training.sft_data import load_dataset_dict
 from mochi_pipeline.training.trainer import TrainingResult, train
+from mochi_pipeline_tests.deployment.served_app import Running
 from mochi_pipeline_tests.family_models import FAMILIES, FIM_ROLES, Family, family_model_dir, resolved_base
-from mochi_pipeline_tests.loopback import free_port
 from mochi_pipeline_tests.training.store_project import fast_settings, make_store_dataset
 
 pytestmark = pytest.mark.slow
@@ -308,18 +305,8 @@ def test_modelfile_template_and_stops_match_transformers(pipeline):
 @pytest.fixture(scope="module")
 def served(pipeline):
     server = ModelServer(pipeline.gguf.file("f32").path, model_id=pipeline.family.name, n_ctx=512, parallel=2)
-    port = free_port()
-    http = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=http.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not http.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+    with Running(create_app(server)) as url, httpx.Client(base_url=url, timeout=120) as client:
         yield server, client
-    http.should_exit = True
-    thread.join(timeout=10)
     server.close()
 
 

@@ -14,10 +14,12 @@ import httpx
 import openai
 import pytest
 from fastapi import APIRouter
-from served_app import Running
 
 from mochi_pipeline.deployment.server import ModelServer, create_app, serve
-from mochi_pipeline_tests.test_cli import mochi
+from mochi_pipeline_tests.cli_runner import mochi
+from mochi_pipeline_tests.deployment.served_app import Running
+
+pytestmark = pytest.mark.slow  # exports a model and starts servers (`mochi serve` among them)
 
 KEY = "sk-test-7f3a9c1e5b"
 

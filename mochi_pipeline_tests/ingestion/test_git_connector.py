@@ -383,3 +383,48 @@ def test_gitpython_guard_refuses_an_ext_url_even_past_our_own_policy(tmp_path, m
     assert "GitPython's UnsafeProtocolError guard refused it" in str(err.value) and not err.value.retryable
     assert not pwned.exists()
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_failed_fetch_is_retryable_and_names_the_url_and_the_clone_stays_readable(tmp_path):
+    origin = _small_repo(tmp_path)
+    url = origin.resolve().as_uri()
+    sha = open_repository(url, tmp_path / "cache").resolve_rev("HEAD")
+    origin.rename(tmp_path / "moved")  # the remote is gone
+
+    with pytest.raises(GitError, match="(?s)Could not fetch .*small.*Check the URL") as err:
+        open_repository(url, tmp_path / "cache")
+    assert err.value.retryable and ".." not in str(err.value)
+    assert open_repository(url, tmp_path / "cache", fetch=False).resolve_rev("HEAD") == sha  # as observed
+
+
+def test_a_damaged_clone_is_cloned_again(tmp_path):
+    origin = _small_repo(tmp_path)
+    url = origin.resolve().as_uri()
+    clone = open_repository(url, tmp_path / "cache").path
+    (clone / "HEAD").unlink()  # no longer a git repository
+    (clone / "objects").rename(clone / "lost")
+    sha = commit(origin, "Second", "2024-01-02T00:00:00+00:00", {"b.py": "y = 2\n"})
+
+    again = open_repository(url, tmp_path / "cache")
+    assert again.path == clone and again.resolve_rev("HEAD") == sha
+    assert {e.path for e in again.list_files("HEAD")} == {"a.py", "b.py"}
+
+
+def test_a_remote_that_never_answers_times_out_as_a_retryable_error(tmp_path):
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as server:  # accepts the connection, then says nothing
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        held: list[socket.socket] = []
+        threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(GitError, match="within 2 s.*git_timeout_s") as err:
+            open_repository(f"http://127.0.0.1:{server.getsockname()[1]}/silent.git", tmp_path / "cache",
+                            timeout_s=2)
+        assert time.monotonic() - started < 60  # killed at the timeout, not left hanging
+        for conn in held:
+            conn.close()
+    assert err.value.retryable

@@ -28,7 +28,9 @@ from mochi_pipeline.preprocessing.lsh_index import DedupIndexError, band_key, in
 from mochi_pipeline.preprocessing.minhash import MAX_FULL_BUCKET, band_groups, lsh_bands, text_key
 from mochi_pipeline.preprocessing.settings import ChunkingSettings, DedupSettings
 from mochi_pipeline.records import Chunk, SourceFile
-from mochi_pipeline_tests.loopback import free_port
+from mochi_pipeline_tests.loopback import PortTaken, closed_port, on_a_free_port, port_taken
+
+pytestmark = pytest.mark.slow  # starts a redis-server of its own per test
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 PASSWORD_ENV = "MOCHI_TEST_REDIS_PASSWORD"
@@ -100,29 +102,38 @@ def _outcome(result: DedupResult) -> tuple:
     return [c.id for c in result.kept], result.dropped, result.clusters, result.representative_of
 
 
+def _start_redis(port: int, data: Path) -> tuple[subprocess.Popen, int]:
+    """redis-server on ``port``, answering; ``PortTaken`` when another process took the port first."""
+    log = data / f"redis-{port}.log"
+    server = subprocess.Popen(
+        [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(data), "--logfile", str(log)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=1) as client:
+        while True:
+            try:
+                if client.info("server")["process_id"] == server.pid:  # ours answers, not whoever took the port
+                    return server, port
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                server.wait()
+                text = log.read_text() if log.exists() else ""
+                raise (PortTaken if port_taken(text) else RuntimeError)(f"redis-server did not start: {text}")
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def redis_url(tmp_path) -> Iterator[str]:
     """A real redis-server of its own on 127.0.0.1, without persistence, stopped after the test."""
     if not REDIS_SERVER.exists():
         pytest.fail(f"no redis-server at {REDIS_SERVER}: run `make system-deps` (apt-get install redis-server)")
-    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
-    server = subprocess.Popen(
-        [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(data), "--logfile", str(data / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = on_a_free_port(lambda port: _start_redis(port, data))
     try:
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=port, socket_connect_timeout=1) as client:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start: {(data / 'redis.log').read_text()}") from None
-                    time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()
@@ -249,7 +260,11 @@ def test_entries_and_indexes_unused_for_prune_days_are_removed(redis_url, client
 
 
 def test_unreachable_redis_names_the_setting_and_computes_nothing(monkeypatch):
-    port = free_port()  # nothing listens there
+    with closed_port() as port:  # nothing listens there, nor can while the test runs
+        _unreachable(port, monkeypatch)
+
+
+def _unreachable(port: int, monkeypatch) -> None:
     computed = []
     monkeypatch.setattr(deduplicator, "signed_texts", lambda *a, **k: computed.append(a) or signed_texts(*a, **k))
     settings = DedupSettings(lsh_storage="redis", redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=1)
@@ -292,3 +307,26 @@ def test_redis_settings_are_checked_and_leave_the_signature_alone(tmp_path):
     # Where the index lives does not change the result, so not the code version of deduplicated_chunks.
     moved = DedupSettings(lsh_storage="redis", redis_url="unix:///run/redis.sock", redis_prune_days=0)
     assert moved.signature() == DedupSettings().signature() != DedupSettings(threshold=0.8).signature()
+
+
+def test_a_server_whose_port_was_taken_is_started_again_on_another(tmp_path, monkeypatch):
+    import socket
+
+    from mochi_pipeline_tests import loopback
+
+    with socket.socket() as squatter:  # another process's server, on the port the first pick returns
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(PortTaken):
+            _start_redis(taken, tmp_path)
+        picks = iter([taken, loopback.free_port()])
+        monkeypatch.setattr(loopback, "free_port", lambda: next(picks))
+        server, port = on_a_free_port(lambda p: _start_redis(p, tmp_path))
+    try:
+        assert port != taken
+        with redis.Redis(port=port) as client:
+            assert client.ping()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

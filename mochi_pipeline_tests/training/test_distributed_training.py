@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from mochi_pipeline.training import distributed
 from mochi_pipeline.training.sft_data import load_dataset_dict
-from mochi_pipeline_tests.loopback import free_port
+from mochi_pipeline_tests.loopback import PortTaken, on_a_free_port, port_taken
 from mochi_pipeline_tests.training.store_project import fast_settings
 
 pytestmark = pytest.mark.slow
@@ -25,11 +25,23 @@ def _without_eval(store_dataset: Path, tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def _launch(dataset: Path, base, runs: Path, lines: list[str], port: int, **settings):
+    """``train_launched`` on 2 processes whose rendezvous is ``port``; ``PortTaken`` when torch could not bind it."""
+    lines.clear()
+    try:
+        return distributed.train_launched(dataset, base, fast_settings(processes=2, main_process_port=port, **settings),
+                                          runs, log=lines.append)
+    except distributed.LaunchError as err:
+        if port_taken(str(err)):
+            raise PortTaken(str(err)) from err
+        raise
+
+
 def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_path, store_dataset, tiny_base):
     dataset = _without_eval(store_dataset, tmp_path)
-    settings = fast_settings(processes=2, max_steps=3, batch_size=2, main_process_port=free_port())
     lines: list[str] = []
-    result = distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs", log=lines.append)
+    result = on_a_free_port(lambda port: _launch(dataset, tiny_base, tmp_path / "runs", lines, port,
+                                                 max_steps=3, batch_size=2))
 
     assert result.global_step == 3
     assert any("accelerate.commands.launch --config_file" in line for line in lines)  # the command, to rerun
@@ -60,7 +72,7 @@ def test_the_accelerate_config_is_one_accelerate_reads(tmp_path, tiny_base, meth
 
 def test_a_failed_launch_shows_the_end_of_its_output(tmp_path, store_dataset, tiny_base):
     dataset = _without_eval(store_dataset, tmp_path)
-    settings = fast_settings(processes=2, max_steps=2, lora_targets=["no_such_module"], main_process_port=free_port())
     with pytest.raises(distributed.LaunchError, match="no_such_module"):
-        distributed.train_launched(dataset, tiny_base, settings, tmp_path / "runs")
+        on_a_free_port(lambda port: _launch(dataset, tiny_base, tmp_path / "runs", [], port, max_steps=2,
+                                            lora_targets=["no_such_module"]))
     assert not list((tmp_path / "runs").glob("*/final"))

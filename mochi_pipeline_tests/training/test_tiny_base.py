@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mochi_pipeline.training.tiny_base import fim_document, pretrain_report, tiny_base_dir
+from mochi_pipeline.training.tiny_base import fim_document, pretrain_report, tiny_base_dir, tiny_base_key
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 
@@ -17,6 +18,13 @@ def test_tiny_base_learned_code_in_pretraining(tiny_base):
     assert report["held_out_loss_before"] > report["random_loss"] - 0.5  # starts near a uniform guess
     assert report["held_out_loss_after"] < report["held_out_loss_before"] - 1.5  # and learned from the corpus
     assert Path(tiny_base.path) == tiny_base_dir(TEST_TINY_STEPS)
+    assert report["key"] == tiny_base_key(TEST_TINY_STEPS)  # written by the code under test, not an older one
+
+
+def test_the_session_builds_in_its_own_cache_never_the_users(tiny_base):
+    root = Path(os.environ["MOCHI_CACHE"])
+    assert Path(tiny_base.path).is_relative_to(root)
+    assert not root.is_relative_to(Path.home() / ".cache" / "mochi")
 
 
 def test_tiny_base_is_a_standard_checkpoint(tiny_base):

@@ -21,7 +21,11 @@ class Killed(RuntimeError):
 
 
 class KillAfterCheckpoint(TrainerCallback):
-    """Stands in for a killed process: dies right after the checkpoint of ``step`` is on disk."""
+    """Stops training with an exception right after the checkpoint of ``step`` is complete on disk.
+
+    Not a kill: what a real SIGKILL mid-write leaves behind (and the resume after it) is tested on a real process in
+    ``test_crash_safety.py``; this in-process version checks the resume logic itself, fast and deterministically.
+    """
 
     def __init__(self, step: int):
         self.step = step
@@ -39,7 +43,7 @@ def _train_only(store_dataset: Path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, store_dataset, tiny_base):
+def test_a_run_stopped_after_a_checkpoint_resumes_from_it(tmp_path, store_dataset, tiny_base):
     data = _train_only(store_dataset)
     settings = fast_settings(max_steps=6, save_steps=2, eval_steps=2)
     with pytest.raises(Killed):
@@ -65,7 +69,11 @@ def test_full_fine_tuning_changes_the_base_weights(tmp_path, store_dataset, tiny
     after = load_file(str(Path(result.output_dir) / "model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[name], after[name])
-    AutoModelForCausalLM.from_pretrained(result.output_dir)  # a standalone, loadable model
+    # A standalone model (no adapter to apply) that loads with the trained weights, not the base's.
+    assert not (Path(result.output_dir) / "adapter_config.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert torch.equal(loaded.state_dict()[name], after[name])
 
 
 def test_qlora_on_cpu_says_what_to_do(tmp_path, store_dataset, tiny_base):
@@ -173,3 +181,62 @@ def test_a_large_eval_split_is_sampled_at_each_eval_step(tmp_path, store_dataset
     assert len(data["eval"]) > 3
     assert any(f"3 of {len(data['eval'])} eval examples scored per eval step" in line for line in lines)
     assert [h["eval_loss"] for h in result.history if "eval_loss" in h]  # it still evaluates
+
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_does_not_resume_anothers_checkpoint(tmp_path, store_dataset, tiny_base):
+    data = _train_only(store_dataset)
+    with pytest.raises(Killed):
+        train(data, tiny_base, fast_settings(max_steps=6, save_steps=2, eval_steps=2), tmp_path,
+              callbacks=[KillAfterCheckpoint(4)])
+    (stopped,) = [p.parent.name for p in tmp_path.glob("*/checkpoints")]
+    lines: list[str] = []
+    other = train(data, tiny_base, fast_settings(max_steps=6, save_steps=2, eval_steps=2, learning_rate=1e-3),
+                  tmp_path, log=lines.append)
+    assert other.run_id != stopped and other.resumed_from == ""  # its own run, from the base
+    assert [h["step"] for h in other.history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert not any("resuming from" in line for line in lines)
+    assert (tmp_path / stopped / "checkpoints" / "checkpoint-4").is_dir()  # the other run's checkpoint is left be
+
+
+
+def test_packed_rows_mask_each_example_from_the_others(tiny_base):
+    from mochi_pipeline.training.trainer import PackedRowsCollator
+
+    a, b = [1012, 1130, 1250, 1333], [2041, 2150, 2262]
+    batch = PackedRowsCollator(pad_token_id=0)([
+        {"input_ids": a + b, "labels": [-100, 1130, 1250, 1333, 2041, 2150, 2262], "seq_lengths": [4, 3]},
+        {"input_ids": b, "labels": b, "seq_lengths": [3]},
+    ])
+    # Padding and each example's first token (nothing before it in its own example) are not predicted.
+    assert batch["labels"].tolist() == [[-100, 1130, 1250, 1333, -100, 2150, 2262],
+                                        [-100, 2150, 2262, -100, -100, -100, -100]]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path, dtype=torch.float32).eval()
+    with torch.no_grad():  # as in training: no KV cache (with one, transformers reads no packing from positions)
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([b]), use_cache=False).logits
+        joined = model(input_ids=torch.tensor([a + b]), use_cache=False).logits  # one sequence: b would see a
+    assert torch.allclose(packed[0, 4:], alone[0], atol=1e-4)  # b packed after a sees only itself
+    assert not torch.allclose(joined[0, 4:], alone[0], atol=1e-4)
+
+
+def test_the_cpu_loss_keeps_packed_examples_apart(tiny_base, tmp_path):
+    import datasets
+    from trl import SFTConfig
+
+    from mochi_pipeline.training.trainer import MochiSFTTrainer, PackedRowsCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path, dtype=torch.float32)
+    trainer = MochiSFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                              train_dataset=datasets.Dataset.from_dict({"prompt": ["x = "], "completion": ["1"]}),
+                              processing_class=load_tokenizer(tiny_base))
+    a, b = [1012, 1130, 1250, 1333], [2041, 2150, 2262]
+    batch = PackedRowsCollator(pad_token_id=0)([{"input_ids": a + b, "labels": a + b, "seq_lengths": [4, 3]}])
+    assert trainer.model.config.use_cache is False  # the trainer turns the KV cache off: packing can be read
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        apart = trainer.model(**batch, use_cache=False).loss  # what packing promises: no cross-example attention
+        cached = trainer.model(**batch, use_cache=True).loss  # a KV cache hides the boundaries from transformers
+    assert not torch.allclose(apart, cached)  # the two differ, so the comparison below can tell them apart
+    assert torch.allclose(loss, apart)

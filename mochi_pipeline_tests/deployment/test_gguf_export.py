@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_materialize import materialize_deployment
 
 from mochi_pipeline.deployment.gguf_export import (
     GGUFExportError,
@@ -17,6 +16,9 @@ from mochi_pipeline.deployment.gguf_export import (
 )
 from mochi_pipeline.deployment.gguf_verify import Reference, load_llama, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline_tests.deployment.deploy_materialize import materialize_deployment
+
+pytestmark = pytest.mark.slow  # converts and quantizes models with llama.cpp
 
 
 def test_export_writes_each_quantization_and_states_skips(exported):
@@ -119,11 +121,10 @@ def test_unmerged_peft_model_names_the_cause(tiny_model, tmp_path):
     assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob(".*.gguf"))
 
 
-def test_lora_gguf_applies_on_the_base(tiny_model, tmp_path):
+def test_lora_gguf_applies_on_the_base(tiny_model, lora_exported):
     """gguf_lora_adapter: base GGUF + LoRA GGUF in llama.cpp reproduce the merged adapter in transformers."""
     model_dir, adapter_dir = tiny_model
-    result, values = materialize_deployment(tmp_path, model_dir, adapter_dir, {"lora_outtype": "f32"},
-                                            ["gguf_lora_adapter"])
+    result, values = lora_exported
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == "lora_reproduces_merged_model" and evaluation.passed
     lora = values["gguf_lora_adapter"]
@@ -176,3 +177,30 @@ def test_export_for_the_cli(tiny_model, tmp_path):
     assert Path(result.modelfile.path) == tmp_path / "Modelfile"
     assert "FROM ./cli-q8_0.gguf" in (tmp_path / "Modelfile").read_text()
     assert any("q8_0" in m for m in messages)
+
+
+def test_mochi_export_of_a_model_directory_writes_verified_gguf_and_modelfile(tiny_model, tmp_path):
+    from mochi_pipeline_tests.cli_runner import mochi
+
+    model_dir, _ = tiny_model
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mochi.yaml").write_text(f"repo:\n  source: {project}\nexport:\n  quantizations: [f16]\n"
+                                        "  model_name: outside\n")
+    out = tmp_path / "out"
+    printed = mochi(project, "export", "--model-dir", str(model_dir), "--out", str(out)).stdout
+    assert f"Exports under {out}" in printed
+    assert "| f16 |" in printed and "| yes |" in printed  # verified against transformers, and it passed
+    gguf = out / "outside-f16.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    assert "FROM ./outside-f16.gguf" in (out / "Modelfile").read_text()
+    assert load_llama(gguf).n_vocab() == 49152
+
+
+def test_bf16_export_matches_transformers_within_its_tolerance(tiny_model, reference, tmp_path):
+    gguf = export_gguf(tiny_model[0], tmp_path, ["bf16"], name="tiny")
+    path = Path(gguf.file("bf16").path)
+    assert path.name == "tiny-bf16.gguf" and path.read_bytes()[:4] == b"GGUF"
+    check = verify_gguf(reference, path, "bf16")
+    assert check.passed, check.problems
+    assert check.tokens_identical and check.max_abs_diff > 0  # rounded to bf16: close, not identical

@@ -3,7 +3,6 @@
 import logging
 
 import pytest
-from dg_upstream import chunks_of, docs_of
 
 from mochi_pipeline.data_generation.assets import qa_writer
 from mochi_pipeline.data_generation.llm_client import OfflineQA, OpenAICompatibleQA
@@ -11,13 +10,8 @@ from mochi_pipeline.data_generation.qa_generator import is_test_path, qa_pairs, 
 from mochi_pipeline.data_generation.settings import QASettings
 
 
-@pytest.fixture(scope="module")
-def upstream(sample_repo):
-    return chunks_of(sample_repo), docs_of(sample_repo)
-
-
 def test_subjects_carry_docstring_signature_tests_and_docs(upstream):
-    chunks, docs = upstream
+    chunks, docs = upstream.chunks, upstream.docs
     subjects = {s.name: s for s in qa_subjects(chunks, docs, max_subjects=100)}
     centroid = subjects["centroid"]
     assert centroid.docstring.startswith("Return the centroid of ``points``")
@@ -30,7 +24,7 @@ def test_subjects_carry_docstring_signature_tests_and_docs(upstream):
 
 
 def test_offline_answers_come_from_the_code(upstream, tmp_path):
-    chunks, docs = upstream
+    chunks, docs = upstream.chunks, upstream.docs
     examples, batch = qa_pairs(
         chunks, docs, OfflineQA(), max_subjects=100, pairs_per_subject=3, cache_dir=tmp_path, log=logging.getLogger("t")
     )

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-from dg_chat_server import API_KEY, ChatServer
-
 from mochi_pipeline.io_manager import read_asset_file
+from mochi_pipeline_tests.data_generation.chat_server import API_KEY, ChatServer
 from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 
 DOCS = ["**/*.md", "**/*.rst", "**/*.adoc"]
@@ -117,3 +116,23 @@ def test_eval_since_tag_holds_out_what_came_after_the_tagged_commit(sample_repo,
     failure = next(e for e in failed.all_events if e.is_step_failure and e.step_key == "training_dataset")
     message = failure.step_failure_data.user_failure_data.description
     assert "generation.dataset.eval_since_tag = 'v9'" in message and "Known tags: v1.0." in message
+
+
+def test_the_dataset_checks_fail_on_a_dataset_that_breaks_them(sample_repo, tmp_path):
+    from mochi_pipeline.data_generation.assets import _check_results
+
+    cfg, result = run(tmp_path, sample_repo, selection=[*DATA_ASSETS])
+    stored = read_asset_file(cfg.artifacts_path / "assets" / "training_dataset.json")
+    train = [json.loads(line) for line in open(stored.jsonl["train"])]
+    # A train row also in eval, a row whose response is blank, a row with a column too many; one generator over 1%.
+    leaked, blank, extra = dict(train[0]), dict(train[1], response="  "), dict(train[2], note="x")
+    with open(stored.jsonl["eval"], "a") as fh:
+        fh.write(json.dumps(leaked) + "\n")
+    with open(stored.jsonl["train"], "a") as fh:
+        fh.write(json.dumps(blank) + "\n" + json.dumps(extra) + "\n")
+    checks = {c.check_name: c for c in _check_results(stored, {train[0]["generator"]: 0.01})}
+    assert {name for name, c in checks.items() if not c.passed} == {
+        "schema_valid", "no_empty_fields", "no_train_eval_overlap", "mix_within_proportions"}
+    assert checks["no_train_eval_overlap"].metadata["overlapping"].value >= 1
+    assert checks["no_empty_fields"].metadata["empty_rows"].value == 1
+    assert checks["schema_valid"].metadata["bad_rows"].value == 1

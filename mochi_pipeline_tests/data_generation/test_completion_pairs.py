@@ -1,7 +1,6 @@
 """Completion examples cut from real chunks of the sample repository."""
 
 import pytest
-from dg_upstream import chunks_of
 
 from mochi_pipeline.data_generation.code_facts import block_end
 from mochi_pipeline.data_generation.completion_pairs import completion_pairs
@@ -9,8 +8,8 @@ from mochi_pipeline.data_generation.settings import CompletionSettings
 
 
 @pytest.fixture(scope="module")
-def chunks(sample_repo):
-    return chunks_of(sample_repo)
+def chunks(upstream):
+    return upstream.chunks
 
 
 def test_block_end_takes_indented_body_and_braces():
@@ -28,14 +27,16 @@ def test_examples_are_cut_at_line_boundaries(chunks, fim_rate):
     by_path = {c.path: c for c in chunks}
     for ex in result.examples:
         chunk_texts = [c.text for c in chunks if c.path == ex.path]
-        assert ex.response.endswith("\n") and any(ex.response in t for t in chunk_texts)
+        # The chunker keeps no trailing newline on a file's last chunk; the example ends its line.
+        assert ex.response.endswith("\n") and any(ex.response.rstrip("\n") in t for t in chunk_texts)
         assert ex.date == by_path[ex.path].file_date and ex.generator == "completion_pairs"
         if ex.task.startswith("fim"):
             # Model-agnostic: no sentinel tokens, the file as it is split in three.
             assert "<fim" not in ex.raw_text and ex.raw_text == ex.prefix + ex.response + ex.suffix
-            assert ex.prefix.startswith(by_path[ex.path].context.rstrip("\n"))  # the chunk's context header leads
-            header = by_path[ex.path].context.rstrip("\n") + "\n" if by_path[ex.path].context.strip() else ""
-            assert ex.raw_text[len(header):].rstrip("\n") in {t.rstrip("\n") for t in chunk_texts}
+            # One chunk as a document: its context header leads, then the chunk's text.
+            documents = {(c.context.rstrip("\n") + "\n" if c.context.strip() else "") + c.text.rstrip("\n")
+                         for c in chunks if c.path == ex.path}
+            assert ex.raw_text.rstrip("\n") in documents
         else:
             assert ex.prefix == ex.suffix == "" and ex.raw_text == ex.context + ex.response
     tasks = {ex.task for ex in result.examples}

@@ -2,13 +2,11 @@
 
 import email.utils
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dg_chat_server import API_KEY, ChatServer
-from dg_upstream import chunks_of, docs_of
 
+from mochi_pipeline.data_generation import llm_client
 from mochi_pipeline.data_generation.llm_client import (
     MalformedReply,
     OpenAICompatibleQA,
@@ -17,14 +15,15 @@ from mochi_pipeline.data_generation.llm_client import (
     retry_after_seconds,
 )
 from mochi_pipeline.data_generation.qa_generator import qa_pairs, qa_subjects
+from mochi_pipeline_tests.data_generation.chat_server import API_KEY, ChatServer
 
 KEY_ENV = "MOCHI_TEST_QA_KEY"
 
 
 @pytest.fixture(scope="module")
-def subjects(sample_repo):
+def subjects(upstream):
     wanted = {"centroid", "perimeter", "scaled", "clamp", "distance_to"}
-    return [s for s in qa_subjects(chunks_of(sample_repo), docs_of(sample_repo), 100) if s.name in wanted]
+    return [s for s in qa_subjects(upstream.chunks, upstream.docs, 100) if s.name in wanted]
 
 
 def client(url, **kw):
@@ -34,13 +33,13 @@ def client(url, **kw):
 def test_retries_malformed_replies_failures_and_cache(subjects, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, API_KEY)
     log = logging.getLogger("qa-test")
+    waits: list[float] = []  # what the client chose to wait, recorded instead of slept (no clock in the test)
+    monkeypatch.setattr(llm_client.time, "sleep", waits.append)
     with ChatServer() as server, caplog.at_level(logging.WARNING, logger="qa-test"):
-        started = time.monotonic()
         batch = client(server.url).ask(subjects, pairs_per_subject=3, cache_dir=tmp_path, log=log)
-        elapsed = time.monotonic() - started
         assert batch.outcomes == {"answered": 2, "malformed_reply": 2, "request_failed": 1}
         assert server.requests == {"centroid": 2, "perimeter": 1, "scaled": 1, "clamp": 3, "distance_to": 1}
-        assert elapsed >= 1.0  # the 429's Retry-After: 1 was honored (backoff_s alone would wait 0.01 s)
+        assert 1.0 in waits  # the 429's Retry-After: 1 was honored (backoff_s alone would wait 0.01 s)
         assert {p.subject.name for p in batch.pairs} == {"centroid", "distance_to"} and len(batch.pairs) == 4
         assert "about `perimeter` (pkg/core.py) is malformed: reply is not JSON" in caplog.text
         assert "about `scaled`" in caplog.text and "choices" in caplog.text
@@ -78,12 +77,12 @@ def test_unreachable_endpoint_is_a_clear_error(subjects, tmp_path):
         client(url, timeout_s=2).ask(subjects, pairs_per_subject=2, cache_dir=tmp_path, log=logging.getLogger())
 
 
-def test_examples_from_http_backend(sample_repo, tmp_path, monkeypatch):
+def test_examples_from_http_backend(upstream, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, API_KEY)
     with ChatServer() as server:
         examples, batch = qa_pairs(
-            chunks_of(sample_repo),
-            docs_of(sample_repo),
+            upstream.chunks,
+            upstream.docs,
             client(server.url),
             max_subjects=100,
             pairs_per_subject=2,

@@ -7,9 +7,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from served_app import Running
+from transformers import AutoTokenizer
 
 from mochi_pipeline.deployment.server import ChatMessage, InfillRequest, ModelServer, create_app
+from mochi_pipeline_tests.deployment.served_app import Running
+
+pytestmark = pytest.mark.slow  # a real GGUF model behind a server on loopback
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_stream_ends_with_done(base_url):
     assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
 
 
-def test_infill_llama_vscode_wire_format(base_url, model_server):
+def test_infill_llama_vscode_wire_format(base_url, model_server, tiny_model):
     body = {"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n    return c\n", "prompt": "c = ",
             "input_extra": [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"}],
             "n_predict": 6, "temperature": 0, "samplers": ["top_k"], "cache_prompt": True, "t_max_predict_ms": 500}
@@ -85,8 +88,16 @@ def test_infill_llama_vscode_wire_format(base_url, model_server):
     assert r.status_code == 200
     data = r.json()
     assert isinstance(data["content"], str) and 1 <= data["tokens_predicted"] <= 6
+    # llama.cpp server's format_infill for a vocabulary without repo and file-separator tokens (StarCoder's, no
+    # BOS): each extra chunk after a snippet line, then <fim_prefix> prefix+prompt <fim_suffix> suffix <fim_middle>.
+    # Counted here with the transformers tokenizer of the exported model, not with the server's own code.
+    hf = AutoTokenizer.from_pretrained(tiny_model[0])
+    pieces = ["\n\n--- snippet ---\n\n", "def sub(a, b):\n    return a - b\n", "<fim_prefix>", "def add(a, b):\n    ",
+              "c = ", "<fim_suffix>", "\n    return c\n", "<fim_middle>"]
+    expected = [i for piece in pieces for i in hf(piece, add_special_tokens=False)["input_ids"]]
+    assert data["tokens_evaluated"] == len(expected)
     tokens = model_server.infill_tokens(InfillRequest(**body))
-    assert data["tokens_evaluated"] == len(tokens)
+    assert tokens == expected
     fim = model_server.fim
     # extra context, then <fim_prefix> prefix+prompt <fim_suffix> suffix <fim_middle>
     assert tokens[-1] == fim["mid"] and tokens.index(fim["pre"]) < tokens.index(fim["suf"])
@@ -104,6 +115,9 @@ def test_infill_llama_vscode_wire_format(base_url, model_server):
         ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "does not exist"),
         ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
         ("/infill", {"input_prefix": "x", "n_predict": "many"}, 400, "n_predict"),
+        # One choice per request: n > 1 is refused, not answered with a single choice.
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "n"),
     ],
 )
 def test_malformed_requests_get_4xx_with_a_reason(base_url, path, body, status, needle):
@@ -119,3 +133,11 @@ def test_invalid_json_and_openai_client_errors(base_url, client):
         client.completions.create(model="other", prompt="x")
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=[])
+
+
+def test_health_answers_without_a_key_while_the_api_wants_one(model_server):
+    with Running(create_app(model_server, api_key="health-test-key")) as url:
+        assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        authorized = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer health-test-key"}, timeout=30)
+        assert [m["id"] for m in authorized.json()["data"]] == ["tiny"]

@@ -1,7 +1,6 @@
 """Commit examples from the sample repository's real history."""
 
 import pytest
-from dg_upstream import commits_of
 
 from mochi_pipeline.data_generation.commit_pairs import commit_pairs, drop_reason, split_hunks
 from mochi_pipeline.data_generation.settings import CommitSettings
@@ -9,8 +8,8 @@ from mochi_pipeline.records import Commit, FileDiff
 
 
 @pytest.fixture(scope="module")
-def commits(sample_repo):
-    return commits_of(sample_repo)
+def commits(upstream):
+    return upstream.commits
 
 
 def test_drops_merge_bot_and_trivial_commits(commits):

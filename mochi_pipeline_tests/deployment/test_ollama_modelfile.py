@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mochi_pipeline.deployment.chat_template import ChatTemplateError, parse_chat_template, render_jinja
+from mochi_pipeline.deployment.chat_template import ChatTemplateError, parse_chat_template
 from mochi_pipeline.deployment.ollama import ModelfileError, build_modelfile, ollama_template
 from mochi_pipeline.training.base_models import CHATML_TEMPLATE, GEMMA_TEMPLATE, PLAIN_TEMPLATE
 
@@ -54,13 +54,24 @@ CONVERSATION = [
 ]
 
 
+def hf_tokenizer(template: str, bos: str, eos: str):
+    """A minimal fast tokenizer carrying ``template``: transformers' own ``apply_chat_template`` renders it."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                   unk_token="<unk>", bos_token=bos or None, eos_token=eos, chat_template=template)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_wrappers_reproduce_the_jinja_template(family):
     template, bos, eos, stop = FAMILIES[family]
     wrappers = parse_chat_template(template, bos, eos)
+    tokenizer = hf_tokenizer(template, bos, eos)
     for messages in (CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2]):
-        expected = render_jinja(template, messages, True, bos, eos).removeprefix(bos)
-        assert wrappers.render(messages) == expected
+        expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert wrappers.render(messages) == expected.removeprefix(bos)
     assert wrappers.stop_strings == [stop]
 
 
@@ -87,6 +98,7 @@ def test_go_template_quotes_every_literal():
     assert all(line.startswith("{{-") for line in template.splitlines()[1:])
 
 
+@pytest.mark.slow  # the `exported` fixture converts a model to GGUF
 def test_modelfile_from_the_materialized_asset(exported):
     result, values = exported
     record = values["ollama_modelfile"]
@@ -101,6 +113,7 @@ def test_modelfile_from_the_materialized_asset(exported):
     assert record.create_command == f"ollama create tiny -f {path}"
 
 
+@pytest.mark.slow  # the `exported` fixture converts a model to GGUF
 def test_modelfile_refuses_triple_quotes_and_missing_files(exported, tmp_path):
     gguf = Path(exported[1]["gguf_model"].file("q8_0").path)
     with pytest.raises(ModelfileError, match='contains """'):
