@@ -28,7 +28,7 @@ from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
 from mochi_pipeline.training.plots import comparison_png
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import Formatter
+from mochi_pipeline.training.sft_data import Formatter, encode_pair
 
 REPORT_MD = "evaluation.md"
 REPORT_PNG = "evaluation.png"
@@ -105,12 +105,11 @@ class ModelScores:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_len: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts."""
-    full = tokenizer(prompt + completion)["input_ids"]
-    head = tokenizer(prompt)["input_ids"] if prompt else []
-    start = 0
-    while start < min(len(head), len(full)) and head[start] == full[start]:
-        start += 1
+    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts.
+
+    The same ids, split at the same seam, as training (``encode_pair``).
+    """
+    full, start = encode_pair(tokenizer, prompt, completion)
     cut = max(0, len(full) - max_len)
     return full[cut:], max(1, start - cut)
 

@@ -256,10 +256,10 @@ def train(
     formatter = Formatter.for_base(base, tokenizer, settings.fim)
     if note := formatter.fim_note(data["train"], base.name):
         log(note)
-    train_set = formatter.to_prompt_completion(data["train"])
+    train_set = formatter.to_token_rows(data["train"])
     held_out = data["eval"]
     held_out = held_out.select(sample_indices(len(held_out), settings.eval_during_training, settings.seed))
-    eval_set = formatter.to_prompt_completion(held_out) if len(held_out) else None
+    eval_set = formatter.to_token_rows(held_out) if len(held_out) else None
     if eval_set is None:
         log("The eval split is empty: training without evaluation, early stopping or best-checkpoint selection.")
 
