@@ -269,7 +269,8 @@ class RunDisplay:
         text = [f"Summary: {built} built, {reused} unchanged (reused) in {_fmt_duration(total)}", *rows]
         if self.notices:
             text += ["", "To look at:"] + [f"  - {n}" for n in dict.fromkeys(self.notices)]
-        detail = f" ({self.library_warnings} library warnings)" if self.library_warnings else ""
+        n = self.library_warnings
+        detail = f" ({n} library warning{'s' if n > 1 else ''})" if n else ""
         text += ["", f"Full log{detail}: {self.log_path}"]
         return "\n".join(text)
 

@@ -15,6 +15,7 @@ import termios
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -78,7 +79,7 @@ def test_a_terminal_gets_a_live_display_and_a_summary(repo):
     for name in ("source_files", "clean_files", "code_chunks", "deduplicated_chunks"):
         assert re.search(rf"^  {name} +done +\d+s", summary, re.M), name
     assert re.search(r"code_chunks +done +\d+s +\d+ files, \d+ chunks", summary)  # its key figure
-    assert "Full log: " in summary and "Done. Artifacts under" in summary
+    assert re.search(r"Full log[^:]*: \S+run-", summary) and "Done. Artifacts under" in summary
     assert not any(noise in text for noise in NOISE)
 
 
@@ -91,7 +92,7 @@ def test_a_file_gets_plain_lines_with_the_same_information(repo):
     assert any(re.fullmatch(r"  done     code_chunks  \(\d+ files, \d+ chunks\)  \d+s", line) for line in lines)
     summary = proc.stdout[proc.stdout.index("Summary: 4 built"):]
     assert re.search(r"^  deduplicated_chunks +done +\d+s +\d+ kept", summary, re.M)
-    log = Path(re.search(r"Full log: (\S+)", summary).group(1))
+    log = Path(re.search(r"Full log[^:]*: (\S+)", summary).group(1))
     assert log.is_file() and "code_chunks" in log.read_text()  # the steps' own log lines are kept there
 
 
@@ -141,3 +142,10 @@ def test_a_whole_run_to_a_file_has_no_bars_and_no_library_warnings(repo):
     assert "gradient_checkpointing` is deprecated" not in log and "pin_memory" not in log
     assert "Token indices sequence length" not in log
     assert "fine-tuning: step 8/8" in log  # the steps' own lines, in full
+
+    # The Dagster UI shows the same progress: the run's log has the pre-training/fine-tuning step lines.
+    run_id = re.search(r"run-([0-9a-f-]+)\.log", summary).group(1)
+    with dg.DagsterInstance.from_config(str(repo / ".mochi" / "dagster_home")) as instance:
+        messages = [e.user_message for e in instance.all_logs(run_id)]
+    assert any(re.match(r"fine-tuning: step 8/8: .*loss [\d.]+", m) for m in messages)
+    assert any(m.startswith("scoring the fine-tuned model: example") for m in messages)
