@@ -178,7 +178,12 @@ def _fail_orphaned_runs(instance) -> None:
             pass
 
 
-def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[str] = ()) -> None:
+def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[str], log_dir: Path) -> None:
+    """Run ``keys`` in one Dagster run in this process, shown by ``RunDisplay``; raise CLIError if it failed."""
+    import uuid
+
+    from mochi_pipeline.run_display import RunDisplay
+
     for note in notes:
         print(note)
     _fail_orphaned_runs(instance)
@@ -186,15 +191,22 @@ def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[s
         print("Nothing else to run." if notes else "Nothing to do: every asset is up to date.")
         return
     tags = {**tags, PID_TAG: str(os.getpid())}
-    job = defs.resolve_implicit_global_asset_job_def()
-    print(f"Materializing {len(keys)} asset(s): {', '.join(k.to_user_string() for k in keys)}", flush=True)
-    result = job.execute_in_process(
-        instance=instance,
-        asset_selection=keys,
-        raise_on_error=False,
-        tags=tags,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+    names = [k.to_user_string() for k in keys]
+    print(f"Materializing {len(keys)} asset(s): {', '.join(names)}", flush=True)
+    run_id = str(uuid.uuid4())
+    log_path = log_dir / f"run-{run_id}.log"
+    display = RunDisplay(names, sys.stdout, live=_is_terminal(sys.stdout), log_path=log_path)
+    job = defs.resolve_implicit_global_asset_job_def().with_logger_defs({"mochi": display.logger_definition()})
+    with display.showing():
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=keys,
+            raise_on_error=False,
+            tags=tags,
+            run_id=run_id,
+            run_config={"loggers": {"mochi": {}}},
+        )
+    print(display.summary(), flush=True)
     if not result.success:
         from mochi_pipeline.dagster_internals import interrupted
 
@@ -202,6 +214,10 @@ def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[s
             raise KeyboardInterrupt
         raise CLIError("The run failed.\n" + "\n".join(_failure_reasons(result))
                        + f"\nRun id: {result.run_id} (details in `mochi ui`).")
+
+
+def _is_terminal(stream) -> bool:
+    return stream.isatty() and os.environ.get("TERM", "") != "dumb"
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -237,7 +253,7 @@ def cmd_run(args) -> None:
         keys, notes = _select(defs, [k.to_user_string() for k in everything]), []
     else:
         keys, notes = _plan(cfg, defs, instance)
-    _execute(defs, instance, keys, tags, notes)
+    _execute(defs, instance, keys, tags, notes, log_dir=cfg.artifacts_path / "logs")
     print(f"Done. Artifacts under {cfg.artifacts_path}")
 
 
@@ -285,7 +301,7 @@ def cmd_export(args) -> None:
     defs, instance = _defs(cfg), _instance(cfg)
     tags = {COMMIT_TAG: _observe_sources(cfg, instance)}
     keys, notes = _plan(cfg, defs, instance, wanted=set(_select(defs, [f"+{name}" for name in EXPORT_ASSETS])))
-    _execute(defs, instance, keys, tags, notes)
+    _execute(defs, instance, keys, tags, notes, log_dir=cfg.artifacts_path / "logs")
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")
 
 

@@ -26,6 +26,7 @@ from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing.conventions import ProjectConventions
+from mochi_pipeline.progress import step_log
 from mochi_pipeline.storage import atomic_write_bytes, content_hash, file_sha256
 from mochi_pipeline.training.artifacts import EvaluationReport, FineTunedAdapter, MergedModel
 from mochi_pipeline.training.plots import comparison_png
@@ -72,7 +73,7 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             return
         out_dir = paths.path(GGUF_DIR, "model")
         result = export_gguf(Path(merged_model.path), out_dir, export.quantizations, name=export.name,
-                             log=context.log.info)
+                             log=step_log(context))
         sizes = "\n".join(f"| {f.quantization} | {_mib(f.size_bytes)} | `{Path(f.path).name}` |" for f in result.files)
         skipped = "\n".join(f"- **{q}**: {why}" for q, why in result.skipped.items()) or "none"
         version = content_hash(*(file_sha256(f.path) for f in result.files))

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mochi_pipeline.llama_cpp_vendor import converter_script, llama_cpp_dir, lora_converter_script
+from mochi_pipeline.progress import Notice, Progress
 from mochi_pipeline.records import Record
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -167,7 +168,7 @@ def export_gguf(
     out_dir: Path,
     quantizations: list[str],
     name: str = "model",
-    log: Callable[[str], None] = lambda _msg: None,
+    log: Callable[[object], None] = lambda _msg: None,
 ) -> GGUFExport:
     """Write ``<out_dir>/<name>-<quant>.gguf`` for each requested quantization (unknown types are errors)."""
     unknown = sorted(set(quantizations) - set(SUPPORTED_TYPES))
@@ -177,14 +178,21 @@ def export_gguf(
     _check_model_dir(model_dir)
     skipped: dict[str, str] = {}
     made: dict[str, Path] = {}
+    wanted = len(set(quantizations))
+
+    def done() -> None:
+        log(Progress("GGUF export", len(made) + len(skipped), wanted, unit="file"))
+
     for q in [q for q in quantizations if q in CONVERTER_TYPES]:
         log(f"Converting {model_dir} to GGUF {q}")
         made[q] = convert_hf_to_gguf(model_dir, out_dir / f"{name}-{q}.gguf", q, model_name=name)
+        done()
     for q in [q for q in quantizations if q in RUNTIME_TYPES]:
         reason = k_quant_skip_reason(model_dir)
         if reason:
-            log(f"Skipping {q}: {reason}")
+            log(Notice(f"GGUF {q} skipped: {reason}"))
             skipped[q] = reason
+            done()
             continue
         source = made.get("f32") or made.get("f16") or made.get("bf16")
         temp_source = None
@@ -194,6 +202,7 @@ def export_gguf(
         try:
             log(f"Quantizing {source.name} to {q}")
             made[q] = quantize_gguf(source, out_dir / f"{name}-{q}.gguf", q)
+            done()
         finally:
             if temp_source is not None:
                 temp_source.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.io_manager import ArtifactError, read_asset_file, write_asset_file
 from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
+from mochi_pipeline.progress import step_log
 from mochi_pipeline.storage import content_hash
 from mochi_pipeline.training import distributed, evaluation, merge, trainer
 from mochi_pipeline.training.artifacts import (
@@ -65,7 +66,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             yield from events
             return
         try:
-            resolved = resolve_base(training.base_model, training.tiny_pretrain_steps, log=context.log.info)
+            resolved = resolve_base(training.base_model, training.tiny_pretrain_steps, log=step_log(context))
         except BaseModelError as err:
             raise dg.Failure(description=str(err), allow_retries=err.retryable) from None
         pretraining = {}
@@ -113,10 +114,10 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         try:
             if training.processes > 1:
                 result = distributed.train_launched(dataset_dir(training_dataset), base_model.resolved(), training,
-                                                    runs_dir, init_from=init_from, log=context.log.info)
+                                                    runs_dir, init_from=init_from, log=step_log(context))
             else:
                 result = trainer.train(load_dataset_dict(training_dataset), base_model.resolved(), training,
-                                       runs_dir, log=context.log.info, init_from=init_from)
+                                       runs_dir, log=step_log(context), init_from=init_from)
         except (DatasetError, trainer.TrainingError, BaseModelError) as err:
             raise dg.Failure(description=str(err)) from None
         protect = {result.run_id} | ({accepted.run_id} if accepted else set())
@@ -193,7 +194,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         try:
             report = evaluation.evaluate(
                 load_dataset_dict(training_dataset), base_model.resolved(), final, fine_tuned_adapter.method,
-                training, out_dir, log=context.log.info,
+                training, out_dir, log=step_log(context),
                 previous=Path(previous.adapter_path) if previous else None,
                 previous_method=previous.method if previous else "",
             )

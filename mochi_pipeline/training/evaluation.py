@@ -23,12 +23,13 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mochi_pipeline.progress import Progress
 from mochi_pipeline.storage import atomic_write_bytes, atomic_write_text
 from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
 from mochi_pipeline.training.plots import comparison_png
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import Formatter
+from mochi_pipeline.training.sft_data import Formatter, encode_pair
 
 REPORT_MD = "evaluation.md"
 REPORT_PNG = "evaluation.png"
@@ -105,12 +106,11 @@ class ModelScores:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_len: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts."""
-    full = tokenizer(prompt + completion)["input_ids"]
-    head = tokenizer(prompt)["input_ids"] if prompt else []
-    start = 0
-    while start < min(len(head), len(full)) and head[start] == full[start]:
-        start += 1
+    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts.
+
+    The same ids, split at the same seam, as training (``encode_pair``).
+    """
+    full, start = encode_pair(tokenizer, prompt, completion)
     cut = max(0, len(full) - max_len)
     return full[cut:], max(1, start - cut)
 
@@ -131,7 +131,7 @@ def next_line(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prefix: str, max_new: int, max_len: int
 ) -> str:
     """Greedy continuation of ``prefix`` up to the end of the first line."""
-    ids = tokenizer(prefix)["input_ids"][-(max_len - max_new):]
+    ids = tokenizer(prefix, verbose=False)["input_ids"][-(max_len - max_new):]
     x = torch.tensor([ids], device=model.device)
     out = model.generate(
         input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
@@ -143,7 +143,7 @@ def next_line(
 
 def score(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, formatter: Formatter, rows: list[dict],
-    settings: TrainingSettings, log: Callable[[str], None],
+    settings: TrainingSettings, log: Callable[[object], None], name: str = "model",
 ) -> ModelScores:
     model.eval()
     scores = ModelScores()
@@ -165,8 +165,8 @@ def score(
                 tally.probes += 1
                 tally.exact += probe[0]
                 tally.edit_sim += probe[1]
-        if i % 25 == 0:
-            log(f"scored {i}/{len(rows)} eval examples")
+        if i % 10 == 0 or i == len(rows):
+            log(Progress(f"scoring the {name}", i, len(rows), unit="example"))
     return scores
 
 
@@ -192,7 +192,7 @@ def load_tuned(base: ResolvedBase, model_dir: Path, method: str) -> PreTrainedMo
 
 def evaluate(
     data: datasets.DatasetDict, base: ResolvedBase, final_dir: Path, method: str, settings: TrainingSettings,
-    out_dir: Path, log: Callable[[str], None] = print, previous: Path | None = None, previous_method: str = "",
+    out_dir: Path, log: Callable[[object], None] = print, previous: Path | None = None, previous_method: str = "",
 ) -> dict:
     """Score the base, the fine-tuned model and ``previous`` (the model it would replace) on the eval split.
 
@@ -206,15 +206,16 @@ def evaluate(
                          "raise generation.eval_time_share or add history to the repository.")
     log(f"Scoring the base model on {len(rows)} eval examples")
     base_scores = score(base_models.load_model(base, quantize_4bit=method == "qlora"), tokenizer, formatter, rows,
-                        settings, log)
+                        settings, log, "base model")
     log("Scoring the fine-tuned model")
-    tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log)
+    tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log,
+                         "fine-tuned model")
     report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "previous": None,
               "previous_path": str(previous or ""), "n_examples": len(rows)}
     if previous is not None:
         log(f"Scoring the model it would replace ({previous})")
         report["previous"] = score(load_tuned(base, previous, previous_method), tokenizer, formatter, rows, settings,
-                                   log).summary()
+                                   log, "model it would replace").summary()
     b, t = report["base"]["overall"], report["fine_tuned"]["overall"]
     report["fine_tuned_better"] = t["perplexity"] is not None and t["perplexity"] < (b["perplexity"] or math.inf)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def sft_config(settings: TrainingSettings, output_dir: Path, has_eval: bool) -> 
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5's name for it
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
         warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the total steps
@@ -61,5 +61,6 @@ def sft_config(settings: TrainingSettings, output_dir: Path, has_eval: bool) -> 
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         ddp_find_unused_parameters=False,  # several processes (distributed.py): every trainable weight gets a gradient
     )

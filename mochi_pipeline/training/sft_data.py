@@ -7,7 +7,13 @@ Three kinds of rows (see data_generation/dataset_builder.py):
   base model's own FIM tokens (``fim.py``), also as plain causal LM; left out when it has none;
 - everything else (explain, implement, commit messages, Q&A): the chat ``messages`` rendered with
   the base model's chat template; the prompt is masked and only the assistant answer carries loss.
-Both become TRL prompt-completion pairs (an empty prompt for raw text), so one dataset mixes them.
+All three become token ids with a completion mask (an empty prompt for raw text), so one dataset mixes
+them. The seam between prompt and answer is always a token boundary (``encode_pair``): tokenized
+together, a BPE vocabulary can merge the prompt's last characters with the answer's first ones into one
+token (after ``### Response\n``, an answer indented by four spaces starts with one token for the newline
+and three of the spaces in StarCoder's vocabulary), and a mask after the prompt's own tokens would cut
+through it. The prompt's ids are exactly those the model is given at inference, and evaluation scores
+the same ids training learnt.
 """
 
 from __future__ import annotations
@@ -61,6 +67,39 @@ def load_dataset_dict(artifact: Any) -> datasets.DatasetDict:
 
 def row_text(row: dict) -> str:
     return row.get("text") or row.get("raw_text") or ""
+
+
+def _leading_bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The BOS id the tokenizer puts before a text by itself (``[]`` for tokenizers that add none)."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # No length warning: rows may be longer than the model reads; the trainer truncates or packs them, and
+    # evaluation keeps their end.
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str,
+                add_eos: bool = False) -> tuple[list[int], int]:
+    """Token ids of ``prompt`` then ``completion`` and the prompt's length in ids, the seam on a token boundary.
+
+    The prompt's ids are those it has on its own, as at inference, with the tokenizer's BOS once (also when
+    the template writes it, as Phi-3's ``{{ bos_token }}`` does; tokenized together with the tokenizer's own
+    BOS, such a prompt had two). The answer's ids are what follows them when both are tokenized together,
+    the same ids the text has as a whole; where a token would straddle the seam, the answer is tokenized on
+    its own instead. ``add_eos`` ends the ids with EOS unless the answer already does, as TRL does for text
+    it tokenizes itself.
+    """
+    bos = _leading_bos(tokenizer)
+    text = prompt.removeprefix(tokenizer.bos_token) if bos and tokenizer.bos_token else prompt
+    head = bos + _ids(tokenizer, text)
+    together = bos + _ids(tokenizer, text + completion)
+    tail = together[len(head):] if together[:len(head)] == head else _ids(tokenizer, completion)
+    if add_eos and tokenizer.eos_token_id is not None and tail[-1:] != [tokenizer.eos_token_id]:
+        tail = [*tail, tokenizer.eos_token_id]
+    return head + tail, len(head)
 
 
 @dataclass(frozen=True)
@@ -121,8 +160,20 @@ class Formatter:
             return text[: len(text) - len(row["response"])], row["response"]
         return self.training_pair(row)
 
-    def to_prompt_completion(self, split: datasets.Dataset) -> datasets.Dataset:
+    def training_ids(self, row: dict) -> tuple[list[int], int]:
+        """The ids trained on (ending with EOS) and where the answer starts (after at most a BOS for raw text)."""
+        return encode_pair(self.tokenizer, *self.training_pair(row), add_eos=True)
+
+    def to_token_rows(self, split: datasets.Dataset) -> datasets.Dataset:
+        """TRL's pre-tokenized rows: ``input_ids`` and ``completion_mask`` (1 where the loss applies).
+
+        TRL builds the labels from the mask (``completion_only_loss``), truncates or packs; it tokenizes
+        nothing itself, so it never re-splits the seam.
+        """
         # Built in memory: mapping a dataset loaded from disk would write cache files into the
         # data_generation layer's artifact directory.
-        pairs = [self.training_pair(row) for row in split if self.usable(row)]
-        return datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
+        encoded = [self.training_ids(row) for row in split if self.usable(row)]
+        return datasets.Dataset.from_dict({
+            "input_ids": [ids for ids, _ in encoded],
+            "completion_mask": [[0] * start + [1] * (len(ids) - start) for ids, start in encoded],
+        })

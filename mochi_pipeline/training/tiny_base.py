@@ -25,6 +25,7 @@ import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
+from mochi_pipeline.progress import Progress
 from mochi_pipeline.storage import atomic_directory, atomic_write_text, build_key, file_lock
 from mochi_pipeline.training import fim
 from mochi_pipeline.training.fim import STARCODER_FIM
@@ -50,7 +51,7 @@ def tiny_base_dir(steps: int, seed: int = 0) -> Path:
     return cache_root() / f"tiny-base-s{steps}-{tiny_base_key(steps, seed)}"
 
 
-def build_tiny_base(steps: int, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+def build_tiny_base(steps: int, seed: int = 0, log: Callable[[object], None] = print) -> Path:
     """Directory of the pre-trained tiny base (built on first use; later calls return at once)."""
     dest = tiny_base_dir(steps, seed)
     if (dest / PRETRAIN_FILE).is_file():
@@ -109,7 +110,8 @@ def _token_blocks(tokenizer: PreTrainedTokenizerBase, files: list[Path], n_block
         text = path.read_text(encoding="utf-8", errors="replace")
         if text and rng.random() < FIM_RATE:
             text = fim_document(text, rng)
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos])
+        # Whole files, longer than the model reads at once: cut into blocks below (no length warning).
+        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [eos])
         if len(ids) >= need:
             break
     if len(ids) < need:
@@ -125,7 +127,7 @@ def _mean_loss(model: LlamaForCausalLM, blocks: torch.Tensor) -> float:
     return sum(losses) / len(losses)
 
 
-def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None:
+def _build(out: Path, steps: int, seed: int, log: Callable[[object], None]) -> None:
     started = time.monotonic()
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -155,8 +157,8 @@ def _build(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> None
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         history.append({"step": step + 1, "loss": round(loss.item(), 4)})
-        if (step + 1) % 20 == 0 or step + 1 == steps:
-            log(f"tiny base pre-training step {step + 1}/{steps}: loss {loss.item():.3f}")
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            log(Progress("pre-training the tiny base", step + 1, steps, {"loss": round(loss.item(), 3)}))
     loss_after = _mean_loss(model, held_out)
 
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = tokenizer.eos_token_id

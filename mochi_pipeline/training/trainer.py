@@ -31,6 +31,7 @@ from transformers import (
 )
 from trl import SFTTrainer
 
+from mochi_pipeline.progress import Notice, Progress
 from mochi_pipeline.storage import atomic_directory, atomic_write_bytes, atomic_write_text, content_hash
 from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
@@ -81,14 +82,21 @@ class TrainingResult:
 
 
 class LogProgress(TrainerCallback):
-    """Forwards the trainer's logs (loss, eval loss, learning rate) to a logger such as context.log."""
+    """Forwards the trainer's logs to a logger such as context.log: loss and eval loss as ``Progress``."""
 
-    def __init__(self, log: Callable[[str], None]):
+    FIGURES = ("loss", "eval_loss", "learning_rate")
+
+    def __init__(self, log: Callable[[object], None]):
         self.log = log
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
-        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (logs or {}).items())
-        self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
+        logs = logs or {}
+        figures = {k.replace("_", " "): round(float(logs[k]), 4) for k in self.FIGURES if k in logs}
+        if figures:
+            self.log(Progress("fine-tuning", state.global_step, state.max_steps, figures))
+        else:  # the closing summary (runtime, samples per second)
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+            self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
 
 class PackedRowsCollator:
@@ -242,7 +250,7 @@ def train(
     base: ResolvedBase,
     settings: TrainingSettings,
     runs_dir: Path,
-    log: Callable[[str], None] = print,
+    log: Callable[[object], None] = print,
     callbacks: Sequence[TrainerCallback] = (),
     init_from: Path | None = None,
 ) -> TrainingResult:
@@ -255,13 +263,14 @@ def train(
     tokenizer = base_models.load_tokenizer(base)
     formatter = Formatter.for_base(base, tokenizer, settings.fim)
     if note := formatter.fim_note(data["train"], base.name):
-        log(note)
-    train_set = formatter.to_prompt_completion(data["train"])
+        log(Notice(note))
+    train_set = formatter.to_token_rows(data["train"])
     held_out = data["eval"]
     held_out = held_out.select(sample_indices(len(held_out), settings.eval_during_training, settings.seed))
-    eval_set = formatter.to_prompt_completion(held_out) if len(held_out) else None
+    eval_set = formatter.to_token_rows(held_out) if len(held_out) else None
     if eval_set is None:
-        log("The eval split is empty: training without evaluation, early stopping or best-checkpoint selection.")
+        log(Notice("The eval split is empty: training without evaluation, early stopping or best-checkpoint "
+                   "selection."))
 
     model, peft_config, targets = _start_model(base, settings, init_from)
     rid = run_id(settings, base, data, init_from)

@@ -45,8 +45,8 @@ def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_pat
 
     assert result.global_step == 3
     assert any("accelerate.commands.launch --config_file" in line for line in lines)  # the command, to rerun
-    assert any(line.startswith("step 3/3") for line in lines)  # rank 0's progress reached the log
-    assert sum(line.startswith("step 1/3") for line in lines) == 1  # ...and only rank 0's
+    assert any(line.startswith("fine-tuning: step 3/3") for line in lines)  # rank 0's progress reached the log
+    assert sum(line.startswith("fine-tuning: step 1/3") for line in lines) == 1  # ...and only rank 0's
     run_dir = Path(result.output_dir).parent
     config = yaml.safe_load((run_dir / distributed.CONFIG_FILE).read_text())
     assert config["distributed_type"] == "MULTI_GPU" and config["num_processes"] == 2
