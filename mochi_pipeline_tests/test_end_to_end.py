@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 
 # A full fine-tune: on the 20-step test base a few LoRA steps move held-out perplexity too little for a
 # quality gate to tell from noise; a few full steps move it clearly (the LoRA path has its own tests).
+# Every step's loss logged, so training_loss_decreased compares step 1 with step 8.
 TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
-            "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 16,
-            "eval_max_new_tokens": 8}
+            "logging_steps": 1, "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4,
+            "eval_max_examples": 16, "eval_max_new_tokens": 8}
 MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile",
                 "assist_evaluation"]
 

@@ -86,8 +86,9 @@ def make_store_dataset(out: Path) -> Path:
 
 def fast_settings(**overrides) -> TrainingSettings:
     """Few, short steps: seconds per run on 2 CPU cores."""
-    knobs = dict(max_steps=8, max_seq_length=192, batch_size=4, learning_rate=3e-3, lora_rank=8, lora_alpha=16,
-                 lora_dropout=0.0, eval_steps=4, save_steps=4, logging_steps=1, warmup_ratio=0.0,
+    # LoRA unless a test says otherwise: the tiny preset's own default is a full fine-tune.
+    knobs = dict(method="lora", max_steps=8, max_seq_length=192, batch_size=4, learning_rate=3e-3, lora_rank=8,
+                 lora_alpha=16, lora_dropout=0.0, eval_steps=4, save_steps=4, logging_steps=1, warmup_ratio=0.0,
                  lr_scheduler="constant", tiny_pretrain_steps=TEST_TINY_STEPS, eval_max_examples=40,
                  eval_max_new_tokens=24)
     knobs.update(overrides)

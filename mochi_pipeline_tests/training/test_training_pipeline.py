@@ -24,8 +24,8 @@ from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
 
-TRAINING = dict(max_steps=10, max_seq_length=192, batch_size=4, learning_rate=1e-2, lora_rank=8, lora_alpha=16,
-                lora_dropout=0.0, eval_steps=5, save_steps=5, logging_steps=1, warmup_ratio=0.0,
+TRAINING = dict(method="lora", max_steps=10, max_seq_length=192, batch_size=4, learning_rate=1e-2, lora_rank=8,
+                lora_alpha=16, lora_dropout=0.0, eval_steps=5, save_steps=5, logging_steps=1, warmup_ratio=0.0,
                 lr_scheduler="constant", tiny_pretrain_steps=TEST_TINY_STEPS, eval_max_examples=24,
                 eval_max_new_tokens=16)
 
