@@ -17,18 +17,11 @@ import yaml
 from mochi_pipeline.config import load_config
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.storage import file_sha256
-from mochi_pipeline_tests.cli_runner import mochi, status_of
+from mochi_pipeline_tests.cli_runner import PROJECT_TRAINING, mochi, status_of
 from mochi_pipeline_tests.repo_factory import commit
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
 
-# A full fine-tune: on the 20-step test base a few LoRA steps move held-out perplexity too little for a
-# quality gate to tell from noise; a few full steps move it clearly (the LoRA path has its own tests).
-# Every step's loss logged, so training_loss_decreased compares step 1 with step 8.
-TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
-            "logging_steps": 1, "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4,
-            "eval_max_examples": 16, "eval_max_new_tokens": 8}
 MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile",
                 "assist_evaluation"]
 
@@ -73,7 +66,7 @@ def write_config(repo: Path, **training) -> None:
     (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3},
-        "training": {**TRAINING, **training},
+        "training": {**PROJECT_TRAINING, **training},
         "export": {"quantizations": ["f16", "q8_0"]},
     }))
 
@@ -116,6 +109,8 @@ def reused(entry: dg.EventLogEntry) -> bool:
     return "reused_from_run" in entry.asset_materialization.metadata
 
 
+# These two tests train in their own `mochi run` rather than reuse the session's trained fixtures: what they check
+# is that one CLI run, from a commit, brings a model through the gate (and a worse one is stopped there).
 def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(sample_repo, repo)

@@ -19,8 +19,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from mochi_pipeline_tests.test_cli import mochi
-from mochi_pipeline_tests.test_end_to_end import TRAINING
+from mochi_pipeline_tests.cli_runner import PROJECT_TRAINING, mochi
 
 DATA_ONLY = ("run", "--select", "+deduplicated_chunks")
 NOISE = ("Warning", "warn(", "it/s]", "examples/s]", "not a prefix", "Traceback")
@@ -100,7 +99,7 @@ def write_training_config(repo: Path) -> None:
     (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3},
-        "training": {**TRAINING, "logging_steps": 2, "eval_max_examples": 8},
+        "training": {**PROJECT_TRAINING, "logging_steps": 2, "eval_max_examples": 8},
         "export": {"quantizations": ["q8_0"]},
     }))
 

@@ -23,9 +23,8 @@ import httpx
 import pytest
 import yaml
 
-from mochi_pipeline_tests.cli_runner import mochi
+from mochi_pipeline_tests.cli_runner import PROJECT_TRAINING, mochi
 from mochi_pipeline_tests.loopback import PortTaken, on_a_free_port, port_taken
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = json.loads((Path(__file__).with_name("asset_graph_snapshot.json")).read_text())
 CHROMIUM = "/usr/bin/chromium"  # Debian's (make system-deps): Playwright's browser download is unreachable
 DATA_GROUPS = ("ingestion", "preprocessing", "data_generation")
-TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 4,
-            "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4, "eval_max_examples": 8,
-            "eval_max_new_tokens": 4}
+TRAINING = {**PROJECT_TRAINING, "max_steps": 4, "eval_max_examples": 8, "eval_max_new_tokens": 4}
 
 # What each graph node shows: its name and the kind tags under it.
 NODES_JS = """() => Array.from(document.querySelectorAll('foreignObject')).map(fo => {

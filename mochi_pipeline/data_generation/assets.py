@@ -242,7 +242,8 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             links=dg.MetadataValue.json(dict(result.links)), skipped=dg.MetadataValue.json(dict(result.skipped)),
         )
 
-    @dg.asset(group_name=GROUP, kinds={"python", "git"}, code_version=f"{LOGIC_VERSION}-{gen.signature('commits')}")
+    @dg.asset(group_name=GROUP, kinds={"python", "git"},
+              code_version=f"{LOGIC_VERSION}-{commit_logic.PAIRS_VERSION}-{gen.signature('commits')}")
     def commit_pairs(context: dg.AssetExecutionContext, clean_commits: list[Commit]) -> Iterator:
         """Diff -> message and message + code before -> code after; merges, bots, trivial and huge diffs dropped."""
         if (events := reuse(context, root)) is not None:

@@ -36,6 +36,8 @@ _EXTENSIONS = {
     ".adoc": "asciidoc",
 }
 
+PAIRS_VERSION = "2"  # bump when the examples built from the same commits change
+
 
 @dataclass
 class CommitResult:
@@ -134,6 +136,12 @@ def combined_diff(files: list[FileDiff], budget: int) -> str:
     return "\n".join(parts)
 
 
+def touches_a_symlink(diff: str) -> bool:
+    """Whether either side of a file's diff is a symbolic link (git mode 120000), e.g. a file turned into a link."""
+    header = (line for line in diff.splitlines() if not line.startswith(("@@", "+", "-", " ", "\\")))
+    return any(line.endswith(" 120000") for line in header)  # new/deleted file mode, old/new mode, index
+
+
 def commit_examples(commit: Commit, settings: CommitSettings) -> list[TrainingExample]:
     base = dict(generator=GENERATOR, commit=commit.sha, date=commit.date)
     message = commit.message.strip()
@@ -153,6 +161,8 @@ def commit_examples(commit: Commit, settings: CommitSettings) -> list[TrainingEx
     for f in changed:
         if f.status not in ("M", "R"):
             continue  # an added or deleted file has no "before" (or no "after") to learn a change from
+        if touches_a_symlink(f.diff):
+            continue  # a link's "content" is its target path: nothing to learn about the code
         hunks = split_hunks(f.diff)
         if not hunks.after.strip() or hunks.before == hunks.after:
             continue

@@ -65,10 +65,13 @@ def log_records(repo: git.Repo, args: list[str]) -> Iterator[Iterator[bytes]]:
 
 def _records(proc: git.Git.AutoInterrupt, drain: threading.Thread, errors: list[bytes]) -> Iterator[bytes]:
     pending: list[bytes] = []
-    tail = len(_MARK_BYTES) - 1  # a marker may straddle two reads
+    tail = len(_MARK_BYTES) - 1
+    seen = b""  # the last `tail` bytes read: a marker may straddle reads (several, when they are short)
     while block := proc.stdout.read(_CHUNK):
         pending.append(block)
-        if _MARK_BYTES not in (pending[-2][-tail:] if len(pending) > 1 else b"") + block:
+        window = seen + block
+        seen = window[-tail:]
+        if _MARK_BYTES not in window:
             continue
         parts = b"".join(pending).split(_MARK_BYTES)
         pending = [parts.pop()]

@@ -48,6 +48,9 @@ def sft_config(settings: TrainingSettings, output_dir: Path, has_eval: bool) -> 
         # Prompt-completion rows: loss on the completion only (raw-text rows have an empty prompt).
         completion_only_loss=True,
         logging_steps=settings.logging_steps,
+        # Log a NaN/inf loss as it is: transformers' default filter logs it as the window's average (0.0 at a
+        # window's start), which hides a diverged run from train()'s check and from training_loss_decreased.
+        logging_nan_inf_filter=False,
         eval_strategy=steps,
         eval_steps=settings.eval_steps,
         save_strategy="steps",

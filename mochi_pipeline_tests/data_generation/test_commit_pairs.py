@@ -75,3 +75,24 @@ def test_split_hunks_multiple_hunks():
     )
     tasks = [e.task for e in commit_pairs([commit], CommitSettings()).examples]
     assert tasks == ["commit_message", "commit_change"]
+
+
+def test_a_file_turned_into_a_link_gives_no_change_example(tmp_path):
+    from mochi_pipeline.ingestion.git_connector import open_repository
+    from mochi_pipeline_tests.repo_factory import commit, git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "Add the helpers", "2024-01-01T00:00:00+00:00",
+           {"a.py": "x = 1\n", "f.py": "def f():\n    return 1\n"})
+    commit(repo, "Make f return two", "2024-01-02T00:00:00+00:00", {"f.py": "def f():\n    return 2\n"})
+    (repo / "f.py").unlink()
+    (repo / "f.py").symlink_to("a.py")
+    commit(repo, "Make f a link to a", "2024-01-03T00:00:00+00:00", {})
+    commits = list(open_repository(str(repo), tmp_path / "cache").iter_commits("HEAD", 10))
+    examples = commit_pairs(commits, CommitSettings()).examples
+    changes = {e.response.strip(): e.instruction for e in examples if e.task == "commit_change"}
+    # The real edit is learned; the type change (whose "after" would be the link's target, a.py) is not.
+    assert list(changes) == ["def f():\n    return 2"] and "Make f return two" in changes["def f():\n    return 2"]
+    assert "Make f a link to a" in {e.response for e in examples if e.task == "commit_message"}

@@ -1,4 +1,5 @@
-"""Training runs beyond the LoRA pipeline: resume after a kill, full fine-tuning, QLoRA, bad settings."""
+"""Training runs beyond the LoRA pipeline: resume after a kill, full fine-tuning and its merge, QLoRA, early stopping,
+divergence, an empty eval split, bad settings."""
 
 from __future__ import annotations
 
@@ -241,3 +242,79 @@ def test_the_cpu_loss_keeps_packed_examples_apart(tiny_base, tmp_path):
         cached = trainer.model(**batch, use_cache=True).loss  # a KV cache hides the boundaries from transformers
     assert not torch.allclose(apart, cached)  # the two differ, so the comparison below can tell them apart
     assert torch.allclose(loss, apart)
+
+
+class WeightsAtEachSave(TrainerCallback):
+    """Keeps each checkpoint's weight file as written: train() deletes the checkpoints once final/ is whole."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.saved: dict[int, bytes] = {}
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved[state.global_step] = (Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.file
+                                         ).read_bytes()
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path, store_dataset, tiny_base):
+    # LoRA at lr 0.3 overshoots: the eval loss rises after the first step, so patience 1 stops at step 2.
+    settings = fast_settings(learning_rate=0.3, max_steps=8, eval_steps=1, save_steps=1, early_stopping_patience=1,
+                             eval_during_training=8)
+    saves = WeightsAtEachSave("adapter_model.safetensors")
+    result = train(load_dataset_dict(store_dataset), tiny_base, settings, tmp_path, callbacks=[saves])
+    evals = {h["step"]: h["eval_loss"] for h in result.history if "eval_loss" in h}
+    assert result.global_step < settings.max_steps
+    assert TrainingResult.load(result.output_dir).global_step == result.global_step
+    assert list(evals) == list(range(1, result.global_step + 1))  # evaluated at every step until it stopped
+    best = min(evals, key=evals.get)
+    assert best < result.global_step and result.best_eval_loss == evals[best]  # the last eval was worse
+    # final/ holds the best checkpoint's weights, not the last step's.
+    final = (Path(result.output_dir) / "adapter_model.safetensors").read_bytes()
+    assert final == saves.saved[best] and final != saves.saved[result.global_step]
+
+
+@pytest.mark.slow
+def test_a_diverged_run_fails_with_the_fix_and_writes_no_model(tmp_path, store_dataset, tiny_base):
+    # A learning rate alone (validated below 1) does not overflow fp32 here: Adam steps are bounded and the loss
+    # recovers. Decoupled weight decay multiplies every weight by 1 - lr * weight_decay (about -990) per step, so
+    # the weights overflow within a few real steps and the loss turns NaN; lowering the learning rate is the fix.
+    settings = fast_settings(method="full", learning_rate=0.99, weight_decay=1000.0, max_steps=6)
+    with pytest.raises(TrainingError, match=r"Training diverged \(loss (nan|inf)\); lower training.learning_rate"):
+        train(_train_only(store_dataset), tiny_base, settings, tmp_path)
+    assert list(tmp_path.glob("*/checkpoints"))  # it did train (checkpoint-4 is on disk) ...
+    assert not list(tmp_path.glob("*/final*"))  # ... but left no model to evaluate or export
+
+
+@pytest.mark.slow
+def test_merging_a_full_fine_tune_gives_the_trained_model(tmp_path, store_dataset, tiny_base):
+    from mochi_pipeline.training.merge import merge
+
+    result = train(_train_only(store_dataset), tiny_base, fast_settings(method="full", max_steps=2,
+                                                                        learning_rate=1e-3), tmp_path / "runs")
+    merged_dir = merge(tiny_base, Path(result.output_dir), "full", tmp_path / "merged", "store project", {})
+    tokenizer = load_tokenizer(tiny_base)
+    ids = tokenizer("class OrderService:\n    def get_order(self, order_id: int) -> dict:\n", return_tensors="pt")
+    with torch.no_grad():
+        merged, trained, base = (AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()(**ids).logits
+                                 for d in (merged_dir, result.output_dir, tiny_base.path))
+    torch.testing.assert_close(merged, trained, atol=1e-5, rtol=0)
+    assert not torch.allclose(merged, base, atol=1e-3)  # the trained weights, not the base's
+    assert "Method:** full" in (merged_dir / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_empty_eval_split_trains_without_eval_and_evaluation_says_why(tmp_path, store_dataset, tiny_base):
+    from mochi_pipeline.training.evaluation import REPORT_JSON, evaluate
+
+    data = _train_only(store_dataset)
+    settings = fast_settings(max_steps=2, eval_steps=1, save_steps=2)
+    lines: list[object] = []
+    result = train(data, tiny_base, settings, tmp_path / "runs", log=lines.append)
+    assert result.global_step == 2 and result.n_eval == 0 and result.best_eval_loss is None
+    assert not any("eval_loss" in h for h in result.history)
+    assert any("eval split is empty" in str(line) for line in lines)
+    # Nothing to compare base and fine-tuned on: a message naming the split and the setting that fills it.
+    with pytest.raises(ValueError, match=r"eval split is empty.*generation\.eval_time_share"):
+        evaluate(data, tiny_base, Path(result.output_dir), "lora", settings, tmp_path / "evaluation")
+    assert not (tmp_path / "evaluation" / REPORT_JSON).exists()
