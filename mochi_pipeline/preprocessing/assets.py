@@ -110,7 +110,8 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
             description=None if files else "Every file was filtered out; see dropped_by_reason and the filters "
             "section of mochi.yaml.")])
 
-    @dg.asset(group_name=GROUP, kinds={"git"}, code_version=f"clean{CLEANER_VERSION}-{scrub.signature()}")
+    @dg.asset(group_name=GROUP, kinds={"git"},
+              code_version=f"clean{CLEANER_VERSION}-{filters.signature()}-{scrub.signature()}")
     def clean_commits(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
                       commit_history: list[Commit]) -> Iterator:
         """Commit history with secrets and personal data in messages and diffs replaced by typed placeholders
@@ -118,7 +119,8 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         if (events := reuse(context, root)) is not None:
             yield from events
             return
-        commits, stats = cleaning.clean_commits(commit_history, scrub, root / "cache" / "clean", workers=config.workers)
+        commits, stats = cleaning.clean_commits(commit_history, scrub, filters, root / "cache" / "clean",
+                                                workers=config.workers)
         context.log.info(f"Scrubbed {len(commits)} commits; replaced {dict(stats.replaced)}")
         preview = md_table(["sha", "date", "subject"], [(c.sha[:10], c.date[:10], c.message.split("\n", 1)[0])
                                                         for c in commits[:PREVIEW_ROWS]])

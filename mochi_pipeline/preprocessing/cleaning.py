@@ -3,7 +3,7 @@
 Every file passes the filters (``file_filters``), then the scrubber: a file that is nothing but
 secrets is dropped, every other secret and piece of personal data is replaced by its placeholder.
 A changed file gets the blob id of its new text, so caches keyed by content never mix the two.
-Commit messages and diffs are scrubbed the same way. Results are cached per (file blob | commit),
+Commit messages and diffs are scrubbed the same way (a vendored or generated file's diff is emptied). Results are cached per (file blob | commit),
 settings and version, so a commit re-scrubs only what it touched; large inputs are scrubbed in the
 shared worker pool.
 """
@@ -131,14 +131,21 @@ def clean_files(files: list[SourceFile], filters: FilterSettings, scrub: ScrubSe
     return out, stats
 
 
-def clean_commits(commits: list[Commit], scrub: ScrubSettings, cache_dir: Path | None = None,
-                  workers: int = 2) -> tuple[list[Commit], CleanStats]:
-    """Commits with scrubbed messages and diffs; a secret file's diff is emptied."""
+def clean_commits(commits: list[Commit], scrub: ScrubSettings, filters: FilterSettings,
+                  cache_dir: Path | None = None, workers: int = 2) -> tuple[list[Commit], CleanStats]:
+    """Commits with scrubbed messages and diffs; the diff of a secret file, and of a file the filters call
+    vendored or generated (a lock file, say: nothing to learn from its changes), is emptied."""
     stats = CleanStats()
+    skipped: set[tuple[str, str]] = set()
     tasks = []
     for c in commits:
         tasks.append((_key("message", c.sha, "", scrub), "", c.message))
-        tasks += [(_key("diff", c.sha, d.path, scrub), d.path, d.diff) for d in c.files if d.diff]
+        for d in c.files:
+            if d.diff and (reason := file_filters.path_drop_reason(d.path, filters)):
+                stats.dropped[f"diff:{reason}"] += 1
+                skipped.add((c.sha, d.path))
+            elif d.diff:
+                tasks.append((_key("diff", c.sha, d.path, scrub), d.path, d.diff))
     results = _scrub_all(tasks, scrub, cache_dir, workers, stats)
 
     def cleaned(key: str, original: str) -> str:
@@ -151,7 +158,8 @@ def clean_commits(commits: list[Commit], scrub: ScrubSettings, cache_dir: Path |
     out = []
     for c in commits:
         message = cleaned(_key("message", c.sha, "", scrub), c.message)
-        files = [d.model_copy(update={"diff": cleaned(_key("diff", c.sha, d.path, scrub), d.diff)}) if d.diff else d
+        files = [d.model_copy(update={"diff": "" if (c.sha, d.path) in skipped
+                                      else cleaned(_key("diff", c.sha, d.path, scrub), d.diff)}) if d.diff else d
                  for d in c.files]
         if message != c.message or any(a.diff != b.diff for a, b in zip(files, c.files, strict=True)):
             stats.changed += 1

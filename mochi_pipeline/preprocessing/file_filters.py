@@ -73,15 +73,24 @@ def _license_ids(expression: str) -> set[str]:
     return ids | {re.sub(r"-(?:only|or-later)$|\+$", "", i) for i in ids}
 
 
+def path_drop_reason(path: str, settings: FilterSettings) -> str | None:
+    """What the path alone says: vendored (a vendored directory) or generated (a generated-file glob), else None."""
+    if any(part in settings.vendored_dirs for part in PurePosixPath(path).parts[:-1]):
+        return VENDORED
+    if any(glob_match(path, g) for g in settings.generated):
+        return GENERATED
+    return None
+
+
 def drop_reason(file: SourceFile, settings: FilterSettings, repo_license: str) -> str | None:
     """Why ``file`` is not learnt from (a reason, or ``license:<id>``), or None to keep it."""
-    path = PurePosixPath(file.path)
     head = file.text[:HEADER_CHARS]
-    if any(part in settings.vendored_dirs for part in path.parts[:-1]) or _LIBRARY_BANNER.search(head):
+    by_path = path_drop_reason(file.path, settings)
+    if by_path == VENDORED or _LIBRARY_BANNER.search(head):
         return VENDORED
     if file.text.startswith(_LFS):
         return LFS_POINTER
-    if any(glob_match(file.path, g) for g in settings.generated) or _GENERATED_MARKER.search(head):
+    if by_path == GENERATED or _GENERATED_MARKER.search(head):
         return GENERATED
     lines = file.text.count("\n") + 1
     if len(file.text) / lines > settings.minified_mean_line:

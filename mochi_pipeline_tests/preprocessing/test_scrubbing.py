@@ -8,7 +8,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from mochi_pipeline.preprocessing.cleaning import blob_id, clean_files
+from mochi_pipeline.preprocessing.cleaning import blob_id, clean_commits, clean_files
 from mochi_pipeline.preprocessing.scrubber import Scrubber
 from mochi_pipeline.preprocessing.settings import FilterSettings, ScrubSettings
 from mochi_pipeline.records import SourceFile
@@ -64,6 +64,33 @@ def test_filters_drop_with_counted_reasons(tmp_path):
     assert [f.path for f in kept] == ["pkg/core.py"]
     assert stats.dropped == {"vendored": 2, "generated": 1, "lfs_pointer": 1, "minified": 1,
                              "license:GPL-3.0-only": 1, "secret_file": 1}
+
+
+def test_a_lock_file_or_vendored_change_is_emptied_from_the_commit_and_counted(tmp_path):
+    from mochi_pipeline.data_generation.commit_pairs import commit_pairs
+    from mochi_pipeline.data_generation.settings import CommitSettings
+    from mochi_pipeline.ingestion.git_connector import open_repository
+    from mochi_pipeline_tests.repo_factory import commit, git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    lock = 'version = 1\n[[package]]\nname = "click"\nversion = "8.3.3"\n'
+    commit(repo, "Add the core", "2024-01-01T00:00:00+00:00", {"pkg/core.py": "def f():\n    return 1\n",
+                                                               "uv.lock": lock, "vendor/dep.py": "x = 1\n"})
+    commit(repo, "Release 8.4.0", "2024-01-02T00:00:00+00:00", {"pkg/core.py": "def f():\n    return 2\n",
+                                                                "uv.lock": lock.replace("8.3.3", "8.4.0"),
+                                                                "vendor/dep.py": "x = 2\n"})
+    commits = list(open_repository(str(repo), tmp_path / "cache").iter_commits("HEAD", 10))
+    cleaned, stats = clean_commits(commits, ScrubSettings(), FilterSettings(), tmp_path / "clean")
+    assert stats.dropped == {"diff:generated": 2, "diff:vendored": 2}  # both commits' lock and vendored diffs
+    release = next(c for c in cleaned if c.message.startswith("Release"))
+    assert {d.path: bool(d.diff) for d in release.files} == {"pkg/core.py": True, "uv.lock": False,
+                                                             "vendor/dep.py": False}
+    examples = commit_pairs(cleaned, CommitSettings()).examples
+    assert [e.path for e in examples if e.task == "commit_change"] == ["pkg/core.py"]
+    message = next(e for e in examples if e.task == "commit_message" and e.response == "Release 8.4.0")
+    assert "uv.lock" not in message.context and "pkg/core.py" in message.context
 
 
 def _artifact_texts(root) -> dict[str, str]:
