@@ -136,10 +136,11 @@ def combined_diff(files: list[FileDiff], budget: int) -> str:
     return "\n".join(parts)
 
 
-def touches_a_symlink(diff: str) -> bool:
-    """Whether either side of a file's diff is a symbolic link (git mode 120000), e.g. a file turned into a link."""
+def not_code_on_a_side(diff: str) -> bool:
+    """Whether either side of a file's diff is a symbolic link (git mode 120000) or a submodule (160000): the
+    "content" there is a target path or a commit id, e.g. a file turned into a link, a submodule bumped."""
     header = (line for line in diff.splitlines() if not line.startswith(("@@", "+", "-", " ", "\\")))
-    return any(line.endswith(" 120000") for line in header)  # new/deleted file mode, old/new mode, index
+    return any(line.endswith((" 120000", " 160000")) for line in header)  # new/deleted file mode, old/new, index
 
 
 def commit_examples(commit: Commit, settings: CommitSettings) -> list[TrainingExample]:
@@ -161,8 +162,8 @@ def commit_examples(commit: Commit, settings: CommitSettings) -> list[TrainingEx
     for f in changed:
         if f.status not in ("M", "R"):
             continue  # an added or deleted file has no "before" (or no "after") to learn a change from
-        if touches_a_symlink(f.diff):
-            continue  # a link's "content" is its target path: nothing to learn about the code
+        if not_code_on_a_side(f.diff):
+            continue  # a link target or a submodule's commit id: nothing to learn about the code
         hunks = split_hunks(f.diff)
         if not hunks.after.strip() or hunks.before == hunks.after:
             continue

@@ -3,9 +3,9 @@
 Every file passes the filters (``file_filters``), then the scrubber: a file that is nothing but
 secrets is dropped, every other secret and piece of personal data is replaced by its placeholder.
 A changed file gets the blob id of its new text, so caches keyed by content never mix the two.
-Commit messages and diffs are scrubbed the same way (a vendored or generated file's diff is emptied). Results are cached per (file blob | commit),
-settings and version, so a commit re-scrubs only what it touched; large inputs are scrubbed in the
-shared worker pool.
+Commit messages and diffs are scrubbed the same way (a vendored or generated file's diff is
+emptied). Results are cached per (file blob | commit), settings and version, so a commit re-scrubs
+only what it touched; large inputs are scrubbed in the shared worker pool.
 """
 
 from __future__ import annotations

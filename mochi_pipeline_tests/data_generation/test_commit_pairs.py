@@ -96,3 +96,28 @@ def test_a_file_turned_into_a_link_gives_no_change_example(tmp_path):
     # The real edit is learned; the type change (whose "after" would be the link's target, a.py) is not.
     assert list(changes) == ["def f():\n    return 2"] and "Make f return two" in changes["def f():\n    return 2"]
     assert "Make f a link to a" in {e.response for e in examples if e.task == "commit_message"}
+
+
+def test_a_submodule_bump_gives_no_change_example(tmp_path):
+    from mochi_pipeline.ingestion.git_connector import open_repository
+    from mochi_pipeline_tests.repo_factory import commit, git
+
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    commit(other, "One", "2024-01-01T00:00:00+00:00", {"o.py": "x = 1\n"})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "Add the code", "2024-01-01T00:00:00+00:00", {"a.py": "x = 1\n"})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(other), "dep")
+    commit(repo, "Add dep as a submodule", "2024-01-02T00:00:00+00:00", {})
+    commit(other, "Two", "2024-01-03T00:00:00+00:00", {"o.py": "x = 2\n"})
+    git(repo / "dep", "pull", "-q", "origin", "main")
+    commit(repo, "Bump dep", "2024-01-04T00:00:00+00:00", {"a.py": "x = 2\n"})
+    commits = list(open_repository(str(repo), tmp_path / "cache").iter_commits("HEAD", 10))
+    bump = next(c for c in commits if c.message.startswith("Bump"))
+    assert {f.path: f.status for f in bump.files} == {"a.py": "M", "dep": "M"}  # git reports the gitlink as changed
+    examples = commit_pairs(commits, CommitSettings()).examples
+    # The code change is learned; "Subproject commit <sha>" -> "Subproject commit <sha>" is not.
+    assert [e.path for e in examples if e.task == "commit_change"] == ["a.py"]
