@@ -33,7 +33,7 @@ from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dat
 from mochi_pipeline.training.tiny_base import pretrain_report, tiny_base_key
 
 GROUP = "training"
-LOGIC_VERSION = "3"
+LOGIC_VERSION = "4"
 ACCEPTED = "accepted"  # <artifacts>/training/accepted.json
 
 

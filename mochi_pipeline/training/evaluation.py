@@ -29,7 +29,7 @@ from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
 from mochi_pipeline.training.plots import comparison_png
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import Formatter, encode_pair
+from mochi_pipeline.training.sft_data import Formatter, encode_pair, fit_to_length
 
 REPORT_MD = "evaluation.md"
 REPORT_PNG = "evaluation.png"
@@ -106,13 +106,10 @@ class ModelScores:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_len: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion (left-truncated to max_len) and where the completion starts.
-
-    The same ids, split at the same seam, as training (``encode_pair``).
-    """
-    full, start = encode_pair(tokenizer, prompt, completion)
-    cut = max(0, len(full) - max_len)
-    return full[cut:], max(1, start - cut)
+    """Token ids of prompt+completion cut to max_len and where the completion starts: the same ids, split
+    at the same seam and cut the same way, as training (``encode_pair``, ``fit_to_length``)."""
+    ids, start = fit_to_length(*encode_pair(tokenizer, prompt, completion), max_len)
+    return ids, max(1, start)  # the first id has nothing before it to be predicted from
 
 
 @torch.no_grad()

@@ -264,10 +264,10 @@ def train(
     formatter = Formatter.for_base(base, tokenizer, settings.fim)
     if note := formatter.fim_note(data["train"], base.name):
         log(Notice(note))
-    train_set = formatter.to_token_rows(data["train"])
+    train_set = formatter.to_token_rows(data["train"], settings.max_seq_length)
     held_out = data["eval"]
     held_out = held_out.select(sample_indices(len(held_out), settings.eval_during_training, settings.seed))
-    eval_set = formatter.to_token_rows(held_out) if len(held_out) else None
+    eval_set = formatter.to_token_rows(held_out, settings.max_seq_length) if len(held_out) else None
     if eval_set is None:
         log(Notice("The eval split is empty: training without evaluation, early stopping or best-checkpoint "
                    "selection."))

@@ -78,8 +78,8 @@ def test_trl_sees_the_mask_as_given_and_does_not_warn(demo_rows, family, tmp_pat
     from trl import SFTTrainer
 
     name, tokenizer, formatter = family
-    rows = formatter.to_token_rows(datasets.Dataset.from_list(demo_rows))
     settings = fast_settings(max_seq_length=4096, packing=False)
+    rows = formatter.to_token_rows(datasets.Dataset.from_list(demo_rows), settings.max_seq_length)
     trainer = SFTTrainer.__new__(SFTTrainer)  # only its dataset preparation, without a model
     trainer.completion_only_loss, trainer._tokenizer = True, tokenizer
     with caplog.at_level(logging.WARNING):

@@ -3,8 +3,10 @@ divergence, an empty eval split, bad settings."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +14,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from mochi_pipeline.training.base_models import BaseModelError, infer_target_modules, load_tokenizer, resolve_base
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import Formatter, load_dataset_dict
+from mochi_pipeline.training.sft_data import Formatter, fit_to_length, load_dataset_dict
 from mochi_pipeline.training.trainer import TrainingError, TrainingResult, train
 from mochi_pipeline_tests.training.store_project import fast_settings
 
@@ -171,6 +173,32 @@ def test_warm_start_is_refused_when_it_would_not_fit(tmp_path, tiny_base):
     other = tiny_base.__class__(tiny_base.name, str(tmp_path), "", (), None, None)
     assert "base model changed" in warm_start_refusal(final, other, fast_settings(lora_rank=8))
     assert "unreadable" in warm_start_refusal(tmp_path / "nothing", tiny_base, fast_settings())
+
+
+def test_a_row_longer_than_the_budget_keeps_some_of_its_answer():
+    prompt, answer = list(range(300)), list(range(1000, 1010))
+    assert fit_to_length(prompt + answer, 300, 256) == (prompt[-246:] + answer, 246)  # the prompt loses its start
+    long_answer = list(range(1000, 1400))
+    assert fit_to_length(prompt + long_answer, 300, 256) == (prompt[-128:] + long_answer[:128], 128)
+    assert fit_to_length(list(range(20)), 0, 8) == (list(range(8)), 0)  # raw text: its beginning
+    assert fit_to_length(prompt[:10] + answer, 10, 256) == (prompt[:10] + answer, 10)  # fits: as it is
+
+
+@pytest.mark.slow
+def test_prompts_longer_than_the_budget_still_train_and_evaluate(tmp_path, store_dataset, tiny_base):
+    data = load_dataset_dict(store_dataset)
+    settings = fast_settings(max_seq_length=32, max_steps=2, eval_steps=2, save_steps=2, batch_size=4)
+    tokenizer = load_tokenizer(tiny_base)
+    formatter = Formatter.for_base(tiny_base, tokenizer, "native")
+    long_prompts = [r for r in data["eval"] if formatter.training_ids(r)[1] >= settings.max_seq_length]
+    assert len(long_prompts) >= settings.batch_size  # the case: an eval batch of rows whose prompt fills the budget
+    data["eval"] = datasets.Dataset.from_list(long_prompts)
+    rows = formatter.to_token_rows(data["eval"], settings.max_seq_length)
+    pairs = zip(rows["input_ids"], rows["completion_mask"], strict=True)
+    assert all(len(ids) <= 32 and sum(mask) > 0 for ids, mask in pairs)
+    result = train(data, tiny_base, settings, tmp_path, log=lambda _m: None)
+    eval_losses = [h["eval_loss"] for h in result.history if "eval_loss" in h]
+    assert eval_losses and all(math.isfinite(loss) for loss in eval_losses)  # cut from the end, every row: NaN
 
 
 @pytest.mark.slow
