@@ -100,18 +100,23 @@ def _start_ui(repo: Path, port: int, log_path: Path, procs: list[subprocess.Pope
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to `mochi ui`'s process group; SIGKILL to what is left a minute later."""
+    """SIGTERM to `mochi ui`'s process group; SIGKILL to what is left a minute later (on 2 busy cores, `dagster
+    dev` has taken longer than that to stop its webserver and daemon: clean-up, not what this test checks)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    proc.wait(timeout=60)
-    deadline = time.monotonic() + 60  # the webserver and daemon shut down after `mochi ui` has exited
+    deadline = time.monotonic() + 60
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
     try:
         while time.monotonic() < deadline:
             os.killpg(proc.pid, 0)
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     except ProcessLookupError:
         pass
 
