@@ -90,8 +90,11 @@ def _step_report(config: Path) -> str:
                    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
         rows = []
         for name in names:
-            entry = instance.get_latest_materialization_event(dg.AssetKey(name))
-            how = "reused" if "reused_from_run" in entry.asset_materialization.metadata else "recomputed"
+            metadata = instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
+            how = "reused" if "reused_from_run" in metadata else "recomputed"
+            if "rechunked_partitions" in metadata:  # code_chunks: the run's partitions, some of them reused
+                how = (f"recomputed {len(metadata['rechunked_partitions'].value)} of "
+                       f"{metadata['partitions_in_run'].value} partitions")
             rows.append(f"  {name:20} {seconds.get(name, float('nan')):6.2f} s  {how}")
     return "\n".join(rows)
 

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         final = [p for p in art.rglob("*") if p.is_file() and ("dataset" in p.parts or "qa" in p.parts
                                                                 or p.name in generated)]
         final_text = "".join(p.read_bytes().decode("utf-8", "replace") for p in final)
-        chunks = [c for c in read_asset_file(assets / "code_chunks.jsonl") if c.path.startswith("clean/")]
+        chunks = [c for part in sorted((assets / "code_chunks").glob("*.jsonl"))  # one file per directory
+                  for c in read_asset_file(part) if c.path.startswith("clean/")]
 
     if code != 0:
         print("the data assets failed; run with a smaller --rounds to see why", file=sys.stderr)

@@ -55,18 +55,22 @@ def _defs(cfg: MochiConfig):
 
 
 def _observe_sources(cfg: MochiConfig, instance) -> str:
-    """Record the commit repo.rev points at now and when the trackers last changed (as the UI's observe and
-    the sensors do); returns the commit."""
+    """Record the commit repo.rev points at now (with code_chunks' partitions there) and when the trackers last
+    changed, as the sensors do; returns the commit."""
     _observe_trackers(cfg, instance)
     import dagster as dg
 
+    from mochi_pipeline.automation import code_partitions_at
     from mochi_pipeline.ingestion.assets import observe_commit, record_commit
+    from mochi_pipeline.preprocessing.assets import register_code_partitions
 
     try:
         sha, metadata = observe_commit(cfg.repo, cfg.paths)
+        partitions = code_partitions_at(cfg.repo, cfg.sources, cfg.chunking, cfg.paths, sha)
     except dg.Failure as err:
         raise CLIError(err.description) from None
     record_commit(instance, sha, metadata)
+    register_code_partitions(instance, partitions)
     return sha
 
 
@@ -98,6 +102,7 @@ def _plan(cfg: MochiConfig, defs, instance, wanted: set | None = None) -> tuple[
 
     statuses = asset_statuses(defs, instance)
     keys = [k for k, st in statuses.items() if st.needs_run and (wanted is None or k in wanted)]
+    keys = [k for k in keys if not _no_partitions(defs, instance, k)]
     notes = []
     evaluation = next((k for k in statuses if k.to_user_string() == "evaluation_report"), None)
     report = _stored(cfg, "evaluation_report")
@@ -107,6 +112,25 @@ def _plan(cfg: MochiConfig, defs, instance, wanted: set | None = None) -> tuple[
             keys = [k for k in keys if k not in below]
             notes.append(f"Not running {', '.join(k.to_user_string() for k in blocked)}. {report.rejection()}")
     return keys, notes
+
+
+def _no_partitions(defs, instance, key) -> bool:
+    """A partitioned asset with no partition now (code_chunks of a repository without code): nothing to run."""
+    partitions_def = defs.resolve_asset_graph().get(key).partitions_def
+    return partitions_def is not None and not partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+
+
+def _partition_range(defs, instance, keys: Sequence) -> dict[str, str]:
+    """Run tags covering every partition of the partitioned assets among ``keys`` (code_chunks), in this one run."""
+    from mochi_pipeline.dagster_internals import partition_range_tags
+
+    graph = defs.resolve_asset_graph()
+    for key in keys:
+        partitions_def = graph.get(key).partitions_def
+        if partitions_def is not None:
+            partitions = partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+            return partition_range_tags(partitions)
+    return {}
 
 
 def _stored(cfg: MochiConfig, name: str):
@@ -190,7 +214,8 @@ def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[s
     if not keys:
         print("Nothing else to run." if notes else "Nothing to do: every asset is up to date.")
         return
-    tags = {**tags, PID_TAG: str(os.getpid())}
+    keys = [k for k in keys if not _no_partitions(defs, instance, k)]
+    tags = {**tags, **_partition_range(defs, instance, keys), PID_TAG: str(os.getpid())}
     names = [k.to_user_string() for k in keys]
     print(f"Materializing {len(keys)} asset(s): {', '.join(names)}", flush=True)
     run_id = str(uuid.uuid4())
@@ -270,7 +295,8 @@ def cmd_status(args) -> None:
         if status == FRESH and item.upstream_changed:
             status = STALE
             causes = [f"upstream {', '.join(item.upstream_changed[:3])} will change first (same run)"]
-        print(f"  {status:8} {key.to_user_string()}")
+        partitions = f" ({len(item.partitions)} partitions)" if item.partitions else ""
+        print(f"  {status:8} {key.to_user_string()}{partitions}")
         for cause in causes[:3]:
             print(f"           - {cause}")
     report = _stored(cfg, "evaluation_report")
@@ -363,6 +389,7 @@ def cmd_mcp(args) -> None:
 
 def cmd_ui(args) -> None:
     cfg = load_config()
+    _observe_sources(cfg, _instance(cfg))  # the UI's launch dialog then lists code_chunks' partitions
     env = {**os.environ, "DAGSTER_HOME": str(_dagster_home(cfg))}
     workspace = REPO_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "mochi_pipeline.definitions"]

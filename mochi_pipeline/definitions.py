@@ -42,7 +42,7 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
             resources=resources,
             executor=build_executor(cfg.execution),
         ),
-        automation.build_defs(cfg.automation, cfg.repo, cfg.trackers, cfg.ci, paths),
+        automation.build_defs(cfg.automation, cfg.repo, cfg.sources, cfg.chunking, cfg.trackers, cfg.ci, paths),
     )
 
 

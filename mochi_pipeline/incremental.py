@@ -10,6 +10,12 @@ and whose inputs' data versions equal those of its last materialization returns 
 the stored value stays, the materialization repeats the previous data version, metadata and
 check results, and everything below it can be reused in turn. A run tagged ``mochi/force=true``
 (``mochi run --all``) recomputes everything.
+
+A partitioned asset (``code_chunks``) is reused per partition: ``chunked_before`` compares a hash of
+the partition's own slice of the input with the one its last materialization recorded, so a commit
+re-chunks only the partitions whose files it changed. Dagster keeps one data version per run of a
+partitioned asset; an unpartitioned asset reading one records the hash of its partitions' versions
+(``partitions_data_version``), which ``reuse`` compares in the same way.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from typing import Any
 
 import dagster as dg
 
-from mochi_pipeline.io_manager import Unchanged, asset_base, read_asset_file, stored_file
+from mochi_pipeline.dagster_internals import partitions_data_version
+from mochi_pipeline.io_manager import Unchanged, asset_base, partition_base, read_asset_file, stored_file
 from mochi_pipeline.storage import content_hash
 
 FORCE_TAG = "mochi/force"
 REUSED_KEY = "reused_from_run"
+INPUT_HASH_KEY = "input_hash"  # of a partition's slice of its input, in the partition's metadata
+CODE_VERSION_TAG = "dagster/code_version"
 CHECKS_KEY = "mochi/checks"
 # The tag under which Dagster stores a materialization's or observation's data version.
 DATA_VERSION_TAG = "dagster/data_version"
@@ -68,6 +77,35 @@ def data_version_now(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | No
             event = entry.asset_materialization or entry.asset_observation
             return event.tags.get(DATA_VERSION_TAG) if event is not None else None
     return None
+
+
+def _input_version_now(context: dg.AssetExecutionContext, dep: dg.AssetKey) -> str | None:
+    """The data version Dagster would record for input ``dep`` now (of all its partitions, if partitioned)."""
+    partitions_def = context.job_def.asset_layer.asset_graph.get(dep).partitions_def
+    if partitions_def is None:
+        return data_version_now(context.instance, dep)
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+    return partitions_data_version(context.instance, dep, keys)
+
+
+def chunked_before(context: dg.AssetExecutionContext, partition: str, input_hash: str, root: str | Path) -> str | None:
+    """The run whose result for ``partition`` still holds (same own version, same input slice), or None."""
+    if context.run.tags.get(FORCE_TAG) == "true":
+        return None
+    key = context.asset_key
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    if not records or stored_file(partition_base(root, key, partition)) is None:
+        return None
+    last = records[0].event_log_entry
+    event = last.asset_materialization
+    if own_version(event.tags.get(CODE_VERSION_TAG)) != own_version(context.assets_def.code_versions_by_key[key]):
+        return None
+    seen = event.metadata.get(INPUT_HASH_KEY)
+    if seen is None or seen.value != input_hash:
+        return None
+    origin = event.metadata.get(REUSED_KEY)
+    return origin.value if origin is not None else last.run_id
 
 
 def checked(output: dg.Output, checks: Sequence[dg.AssetCheckResult]) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -140,7 +178,7 @@ def reuse(
     if set(last.provenance.input_data_versions) != deps:
         return None
     for dep in deps:
-        now = (inputs or {}).get(dep) or data_version_now(context.instance, dep)
+        now = (inputs or {}).get(dep) or _input_version_now(context, dep)
         if now is None or last.provenance.input_data_versions[dep].value != now:
             return None
     if still_valid is not None and not still_valid(last.value()):

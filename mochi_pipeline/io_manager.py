@@ -1,7 +1,9 @@
 """The IO manager: asset values stored as readable JSON/JSONL files under the artifacts root.
 
 A pydantic record becomes ``<key>.json``; a list of records becomes ``<key>.jsonl`` whose first
-line names the record type. Both are written atomically. Reading looks the named type up in
+line names the record type. A partitioned asset returns ``{partition key: value}`` and each partition
+is stored as ``<key>/<partition>.jsonl``; an unpartitioned asset reading it gets the partitions'
+lists joined, in partition order. Both are written atomically. Reading looks the named type up in
 mochi's own record registry (never imports what a file names), and a damaged file is an error
 naming the file and the fix.
 """
@@ -13,6 +15,7 @@ import importlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 from pydantic import BaseModel, ValidationError
@@ -36,37 +39,57 @@ def asset_base(root: str | Path, key: dg.AssetKey) -> Path:
     return Path(root) / "assets" / "/".join(key.path)
 
 
+def partition_base(root: str | Path, key: dg.AssetKey, partition: str) -> Path:
+    """``<root>/assets/<key path>/<partition>``, the partition key quoted into one file name."""
+    return asset_base(root, key) / quote(partition, safe="").replace(".", "%2E")
+
+
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Stores asset values as files under ``<root>/assets/``."""
 
     root: str
 
-    def _base(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        key = context.asset_key if context.has_asset_key else dg.AssetKey(context.get_identifier())
-        path = asset_base(self.root, key)
-        if context.has_asset_partitions:
-            path = path / context.asset_partition_key
-        return path
+    def _key(self, context: dg.OutputContext | dg.InputContext) -> dg.AssetKey:
+        return context.asset_key if context.has_asset_key else dg.AssetKey(context.get_identifier())
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        if obj is None or isinstance(obj, Unchanged):
+        key = self._key(context)
+        if context.has_asset_partitions:
+            if not isinstance(obj, dict) or set(obj) != set(context.asset_partition_keys):
+                raise TypeError(f"Partitioned asset {key.to_user_string()} must return {{partition key: value}} "
+                                f"for its partitions {sorted(context.asset_partition_keys)}.")
+            for partition, value in obj.items():
+                _store(partition_base(self.root, key, partition), value, key)
             return
-        if isinstance(obj, Record) or (isinstance(obj, list) and all(isinstance(o, Record) for o in obj)):
-            write_asset_file(self._base(context), obj)
-            return
-        raise TypeError(
-            f"Asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; "
-            "mochi assets return a record (mochi_pipeline.records.Record) or a list of records."
-        )
+        _store(asset_base(self.root, key), obj, key)
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = stored_file(self._base(context))
-        if path is None:
-            raise FileNotFoundError(
-                f"No stored value for {context.asset_key.to_user_string()} under {self._base(context).parent}. "
-                "Materialize it first (mochi run, or the Dagster UI)."
-            )
-        return read_asset_file(path)
+        key = self._key(context)
+        if not context.has_asset_partitions:
+            return _load(asset_base(self.root, key), key)
+        values = [_load(partition_base(self.root, key, p), key, p) for p in sorted(context.asset_partition_keys)]
+        return [record for value in values for record in value]
+
+
+def _store(base: Path, obj: Any, key: dg.AssetKey) -> None:
+    if obj is None or isinstance(obj, Unchanged):
+        return
+    if isinstance(obj, Record) or (isinstance(obj, list) and all(isinstance(o, Record) for o in obj)):
+        write_asset_file(base, obj)
+        return
+    raise TypeError(
+        f"Asset {key.to_user_string()} returned {type(obj).__name__}; "
+        "mochi assets return a record (mochi_pipeline.records.Record) or a list of records."
+    )
+
+
+def _load(base: Path, key: dg.AssetKey, partition: str | None = None) -> Any:
+    path = stored_file(base)
+    if path is None:
+        what = key.to_user_string() + (f" partition {partition!r}" if partition is not None else "")
+        raise FileNotFoundError(f"No stored value for {what} under {base.parent}. "
+                                "Materialize it first (mochi run, or the Dagster UI).")
+    return read_asset_file(path)
 
 
 def stored_file(base: Path) -> Path | None:

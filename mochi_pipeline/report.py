@@ -9,6 +9,22 @@ from mochi_pipeline.ingestion.git_urls import redact
 
 # Metadata too long for a terminal line (tables, images) is shown only for these assets.
 FULL_TEXT_ASSETS = {"evaluation_report", "assist_evaluation"}
+# A partitioned asset (code_chunks) is summed over its partitions' latest materializations.
+PARTITION_TOTALS = ("chunks", "files")
+
+
+def _partition_totals(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> str:
+    totals = dict.fromkeys(PARTITION_TOTALS, 0)
+    done = 0
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+        if records:
+            done += 1
+            metadata = records[0].asset_materialization.metadata
+            for name in totals:
+                totals[name] += metadata[name].value if name in metadata else 0
+    return "; ".join([f"partitions={done} of {len(partitions)}", *(f"{k}={v:,}" for k, v in totals.items())])
 
 
 def _short(value: dg.MetadataValue) -> str | None:
@@ -32,6 +48,10 @@ def print_report(cfg: MochiConfig, instance: dg.DagsterInstance, defs: dg.Defini
             print(f"{name}: not materialized yet")
             continue
         metadata = event.asset_materialization.metadata
+        if (partitions_def := graph.get(key).partitions_def) is not None:
+            print(f"{name}: " + _partition_totals(
+                instance, key, partitions_def.get_partition_keys(dynamic_partitions_store=instance)))
+            continue
         facts = [f"{k}={s}" for k, v in metadata.items()
                  if (s := _short(v)) is not None and not k.startswith(("dagster/", "mochi/")) and k != "gate"]
         print(f"{name}: " + ("; ".join(facts) if facts else "materialized"))

@@ -45,6 +45,7 @@ class AssetLine:
     progress: dict[str, Any] | None = None  # the last Progress of the step, as a dict
     progress_at: float = 0.0  # when a plain line about it was last printed
     progress_first: tuple[float, int] | None = None  # (time, done) of the first Progress of this task
+    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)  # partition -> its metadata values
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -107,6 +108,14 @@ def key_figure(asset: str, metadata: dict[str, Any]) -> str:
     shown = [f"{values[k]} {k.removeprefix('n_').replace('_', ' ')}" for k in KEY_COUNTS
              if isinstance(values.get(k), int) and not isinstance(values.get(k), bool)]
     return ", ".join(shown[:2])
+
+
+def partitions_figure(partitions: dict[str, dict[str, Any]]) -> str:
+    """What a partitioned step produced: its partitions, how many it rebuilt, and its counts summed."""
+    rebuilt = sum("reused_from_run" not in values for values in partitions.values())
+    totals = [f"{sum(v.get(k, 0) for v in partitions.values())} {k}" for k in KEY_COUNTS
+              if any(isinstance(v.get(k), int) for v in partitions.values())]
+    return ", ".join([f"{len(partitions)} partitions ({rebuilt} rebuilt)", *totals[:2]])
 
 
 def eta(line: AssetLine, now: float) -> float | None:
@@ -173,6 +182,11 @@ class RunDisplay:
             self._plain(f"  running  {step}")
         elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION and line is not None:
             materialization = event.event_specific_data.materialization
+            if materialization.partition is not None:  # one event per partition (code_chunks)
+                line.partitions[materialization.partition] = {k: getattr(v, "value", v)
+                                                              for k, v in materialization.metadata.items()}
+                line.figure = partitions_figure(line.partitions)
+                return
             line.figure = key_figure(step, dict(materialization.metadata))
             if line.figure == "unchanged, reused":
                 line.state = "reused"

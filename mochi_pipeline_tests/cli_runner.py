@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,5 +28,6 @@ def mochi(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def status_of(cwd: Path) -> dict[str, str]:
+    """Asset -> FRESH, STALE or MISSING, as `mochi status` prints them ("  FRESH    code_chunks (8 partitions)")."""
     out = mochi(cwd, "status").stdout
-    return {parts[1]: parts[0] for line in out.splitlines() if len(parts := line.split()) == 2}
+    return {m[2]: m[1] for line in out.splitlines() if (m := re.match(r"  (FRESH|STALE|MISSING) +(\S+)", line))}

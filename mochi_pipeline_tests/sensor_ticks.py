@@ -14,4 +14,10 @@ def sensor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str 
     if isinstance(result, dg.SensorResult):
         for event in result.asset_events:
             instance.report_runless_asset_event(event)
+        for request in result.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
     return result

@@ -66,7 +66,7 @@ def test_commit_sensor_skips_with_the_reason_when_the_repository_is_unreadable(t
     assert isinstance(result, dg.SkipReason) and "not a git repository" in result.skip_message
 
 
-def test_data_assets_follow_a_new_commit_in_one_request_and_rest_otherwise(repo, tmp_path):
+def test_data_assets_follow_a_new_commit_once_each_and_rest_otherwise(repo, tmp_path):
     cfg = project_config(tmp_path, repo={"source": str(repo)})
     defs = build_defs(cfg)
     instance = dg.DagsterInstance.ephemeral()
@@ -74,18 +74,29 @@ def test_data_assets_follow_a_new_commit_in_one_request_and_rest_otherwise(repo,
     assert materialize(cfg, DATA, instance=instance).success
     data = dg.AssetSelection.groups("ingestion", "preprocessing", "data_generation")
 
-    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data)
-    assert requested(tick) == set()
-    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
-    assert requested(tick) == set()  # nothing changed: nothing to do
+    def tick(cursor=None):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=cursor)
 
-    commit(repo, "Add a scaling helper", "2024-07-01T00:00:00+00:00", {"pkg/scale.py": HELPER})
+    result = tick()
+    assert requested(result) == set()
+    result = tick(result.cursor)
+    assert requested(result) == set()  # nothing changed: nothing to do
+
+    # A commit in a new directory: its partition is added, and the chain below the commit is built in three
+    # requests, each asset once: what is above code_chunks (Dagster never runs it in the same run as its
+    # unpartitioned parents), then code_chunks, then what is below it.
+    commit(repo, "Add a scaling helper", "2024-07-01T00:00:00+00:00", {"lib/scale.py": HELPER})
     sensor_tick(defs, instance, cursor)
-    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
-    assert requested(tick) == set(DATA) - TRACKER_SIDE  # the whole chain below the commit, in one request
-
-    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=data, cursor=tick.cursor)
-    assert requested(tick) == set()  # requested once, not again while it runs
+    below = {"deduplicated_chunks", "completion_pairs", "doc_code_pairs", "qa_pairs", "training_dataset"}
+    waves = [set(DATA) - TRACKER_SIDE - below - {"code_chunks"}, {"code_chunks"}, below]
+    for wave in waves:
+        result = tick(result.cursor)
+        assert requested(result) == wave
+        if wave == {"code_chunks"}:
+            partitions = set(result._requested_partitions_by_asset_key[dg.AssetKey("code_chunks")])  # noqa: SLF001
+            assert partitions == set(instance.get_dynamic_partitions("code_directories")) and "lib" in partitions
+        assert materialize(cfg, [name for name in DATA if name in wave], instance=instance).success
+    assert requested(tick(result.cursor)) == set()  # each was requested once
 
 
 def test_training_follows_a_changed_dataset_at_most_once_per_night(repo, tmp_path):

@@ -26,6 +26,7 @@ def test_init_run_status_follow_commits_and_config_edits(repo):
 
     run = mochi(repo, "run", "--select", "+deduplicated_chunks")
     assert "Materializing 4 asset(s)" in run.stdout
+    assert "  FRESH    code_chunks (8 partitions)\n" in mochi(repo, "status").stdout
     status = status_of(repo)
     assert status["source_files"] == status["code_chunks"] == status["deduplicated_chunks"] == "FRESH"
     assert status["training_dataset"] == "MISSING"

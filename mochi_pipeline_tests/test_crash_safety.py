@@ -76,14 +76,14 @@ def test_killed_while_chunking(repo):
     select = ["--select", "source_files", "clean_files", "code_chunks"]
     proc = start(repo, *select)
     kill_when(proc, lambda: any((art / "cache" / "chunks").glob("*/*.json")))
-    assert not (art / "assets" / "code_chunks.jsonl").exists()
+    assert not (art / "assets" / "code_chunks" / "lib.jsonl").exists()
     assert_nothing_half_written(art)
     for entry in (art / "cache" / "chunks").glob("*/*.json"):  # cache entries are whole too
         assert entry.read_bytes().startswith(b"{")
 
     out = mochi(repo, "run", *select).stdout
     assert "Done" in out
-    chunks = read_asset_file(art / "assets" / "code_chunks.jsonl")
+    chunks = read_asset_file(art / "assets" / "code_chunks" / "lib.jsonl")
     assert {c.path for c in chunks} >= {f"lib/{p}" for p in ("os.py", "ast.py")}
     with dg.DagsterInstance.from_config(str(art / "dagster_home")) as instance:
         statuses = {r.status for r in instance.get_runs()}
@@ -162,7 +162,7 @@ def test_ctrl_c_stops_a_run_with_a_sentence_and_the_next_run_finishes_it(repo):
     assert code == 130, out[-3000:]
     assert "Interrupted; finished work is kept and the next run resumes from it." in out
     assert "The run failed" not in out
-    assert not (art / "assets" / "code_chunks.jsonl").exists()
+    assert not (art / "assets" / "code_chunks" / "lib.jsonl").exists()
     assert_nothing_half_written(art)
     assert "code_chunks" in mochi(repo, "run", *select).stdout
-    assert (art / "assets" / "code_chunks.jsonl").is_file()
+    assert (art / "assets" / "code_chunks" / "lib.jsonl").is_file()

@@ -6,10 +6,17 @@ import shutil
 
 import dagster as dg
 
-from mochi_pipeline.dagster_internals import FRESH, MISSING, STALE, asset_statuses, descendants
+from mochi_pipeline.dagster_internals import (
+    FRESH,
+    MISSING,
+    STALE,
+    asset_statuses,
+    descendants,
+    partitions_data_version,
+)
 from mochi_pipeline.definitions import build_defs
 from mochi_pipeline.ingestion.assets import observe_commit, record_commit
-from mochi_pipeline_tests.materialize import materialize, project_config
+from mochi_pipeline_tests.materialize import code_partitions, materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit
 
 INGESTION_AND_PREPROCESSING = ["source_files", "commit_history", "clean_files", "doc_sections", "code_chunks",
@@ -43,3 +50,31 @@ def test_descendants_follow_the_graph(sample_repo, tmp_path):
     graph = build_defs(project_config(tmp_path, repo={"source": str(sample_repo)})).resolve_asset_graph()
     below = {k.to_user_string() for k in descendants(graph, dg.AssetKey("evaluation_report"))}
     assert below == {"merged_model", "gguf_lora_adapter", "gguf_model", "ollama_modelfile", "assist_evaluation"}
+
+
+def test_a_partitioned_asset_has_its_partitions_status_and_the_input_version_dagster_records(sample_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    cfg = project_config(tmp_path, repo={"source": str(repo)})
+    defs = build_defs(cfg)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(cfg, INGESTION_AND_PREPROCESSING, instance=instance).success
+    chunks = dg.AssetKey("code_chunks")
+    partitions = list(instance.get_dynamic_partitions("code_directories"))
+    # What an unpartitioned asset reading every partition records as its input's version (deduplicated_chunks).
+    dedup = instance.get_latest_materialization_event(dg.AssetKey("deduplicated_chunks")).asset_materialization
+    assert dedup.tags[f"dagster/input_data_version/{chunks.to_user_string()}"] == \
+        partitions_data_version(instance, chunks, partitions)
+    assert asset_statuses(defs, instance)[chunks].partitions == {p: FRESH for p in partitions}
+
+    # A new directory: its partition is missing (the asset is), the others are stale once clean_files changed.
+    commit(repo, "Add a plugin", "2024-07-01T00:00:00+00:00", {"plugins/csv/reader.py": "def read():\n    return 1\n"})
+    record_commit(instance, *observe_commit(cfg.repo, cfg.paths))
+    code_partitions(cfg, instance)
+    assert materialize(cfg, ["source_files", "clean_files"], instance=instance).success
+    status = asset_statuses(defs, instance)[chunks]
+    assert status.status == MISSING and status.partitions["plugins/csv"] == MISSING
+    assert {status.partitions[p] for p in partitions} == {STALE}
+    assert status.causes[0] == "1 of 9 partitions never materialized: plugins/csv"
+    assert status.causes[1].startswith("8 of 9 partitions stale: ")
+    assert "clean_files" in status.causes[2]

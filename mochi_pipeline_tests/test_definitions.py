@@ -39,6 +39,8 @@ def _graph_summary(graph) -> dict:
             "has_code_version": node.code_version is not None,
             "checks": sorted(c.name for c in node.check_keys),
             "automation": condition.get_label() if condition is not None else None,
+            **({"partitions": node.partitions_def.name,
+                "backfill_policy": str(node.backfill_policy.policy_type.value)} if node.partitions_def else {}),
         }
     return assets
 

@@ -72,12 +72,14 @@ def write_config(repo: Path, **training) -> None:
 
 
 def runs_of(repo: Path) -> dict[str, list[dg.EventLogEntry]]:
-    """Materializations per asset, oldest first, from the run history the CLI keeps."""
+    """A materialization per asset and run, oldest first, from the run history the CLI keeps (code_chunks has
+    one per partition in a run, all with the run's data version: one stands for them)."""
     home = repo / ".mochi" / "dagster_home"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         keys = [k for k in instance.get_asset_keys() if k.to_user_string() != "git_repository"]
-        return {k.to_user_string(): [r.event_log_entry for r in reversed(
-            instance.fetch_materializations(k, limit=100).records)] for k in keys}
+        by_run = {k.to_user_string(): {r.run_id: r.event_log_entry for r in reversed(
+            instance.fetch_materializations(k, limit=1000).records)} for k in keys}
+    return {name: list(entries.values()) for name, entries in by_run.items()}
 
 
 def check_results(repo: Path) -> dict[str, bool]:
@@ -117,6 +119,7 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     for message, date, files in LATER_COMMITS:
         commit(repo, message, date, files)
     write_config(repo)
+    commit(repo, "Add the mochi config", "2024-06-03T10:00:00+00:00", {})  # as a team shares it
     art = repo / ".mochi"
 
     run = mochi(repo, "run")

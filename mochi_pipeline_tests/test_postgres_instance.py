@@ -23,9 +23,11 @@ import pytest
 import yaml
 
 from mochi_pipeline.cli import REPO_ROOT
+from mochi_pipeline.config import load_config
+from mochi_pipeline.dagster_internals import partition_range_tags
 from mochi_pipeline.definitions import defs
 from mochi_pipeline_tests.loopback import PortTaken, on_a_free_port, port_taken
-from mochi_pipeline_tests.materialize import DATA_ASSETS
+from mochi_pipeline_tests.materialize import DATA_ASSETS, code_partitions
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +155,8 @@ def test_a_multiprocess_run_is_kept_in_postgres_and_read_back_by_another_process
         monkeypatch.setenv(name, value)
 
     with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(dg.reconstructable(data_refresh_job), instance)
+        partitions = code_partitions(load_config(), instance)  # as the commit sensor registers them
+        result = dg.execute_job(dg.reconstructable(data_refresh_job), instance, tags=partition_range_tags(partitions))
         assert result.success, [e.message for e in result.all_events if e.is_failure]
 
     read = subprocess.run([sys.executable, "-c", READ_BACK, result.run_id, json.dumps(DATA_ASSETS)],

@@ -77,7 +77,8 @@ def test_a_terminal_gets_a_live_display_and_a_summary(repo):
     summary = text[text.index("Summary: 4 built, 0 unchanged"):]
     for name in ("source_files", "clean_files", "code_chunks", "deduplicated_chunks"):
         assert re.search(rf"^  {name} +done +\d+s", summary, re.M), name
-    assert re.search(r"code_chunks +done +\d+s +\d+ files, \d+ chunks", summary)  # its key figure
+    # its key figure: the partitions (the sample's 8 directories holding code), summed
+    assert re.search(r"code_chunks +done +\d+s +8 partitions \(8 rebuilt\), 12 files, \d+ chunks", summary)
     assert re.search(r"Full log[^:]*: \S+run-", summary) and "Done. Artifacts under" in summary
     assert not any(noise in text for noise in NOISE)
 
@@ -88,7 +89,8 @@ def test_a_file_gets_plain_lines_with_the_same_information(repo):
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
     assert "  running  code_chunks" in lines
-    assert any(re.fullmatch(r"  done     code_chunks  \(\d+ files, \d+ chunks\)  \d+s", line) for line in lines)
+    assert any(re.fullmatch(r"  done     code_chunks  \(8 partitions \(8 rebuilt\), 12 files, \d+ chunks\)  \d+s",
+                            line) for line in lines)
     summary = proc.stdout[proc.stdout.index("Summary: 4 built"):]
     assert re.search(r"^  deduplicated_chunks +done +\d+s +\d+ kept", summary, re.M)
     log = Path(re.search(r"Full log[^:]*: (\S+)", summary).group(1))

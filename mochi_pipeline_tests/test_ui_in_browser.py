@@ -2,8 +2,8 @@
 
 The project has been trained up to its evaluation report (`mochi run --select +evaluation_report`).
 In the browser: each layer's asset group shows its assets with their kinds, the data assets are
-materialized from the UI and the run is followed to success, and the evaluation report's plot is
-opened from the asset's metadata. Screenshots land in ``$MOCHI_TEST_ARTIFACTS/ui`` (default
+materialized from the UI (a backfill: code_chunks is partitioned) and followed to success, and the
+evaluation report's plot is opened from the asset's metadata. Screenshots land in ``$MOCHI_TEST_ARTIFACTS/ui`` (default
 ``test-artifacts/ui`` in the checkout) so a red run can be looked at.
 """
 
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = json.loads((Path(__file__).with_name("asset_graph_snapshot.json")).read_text())
 CHROMIUM = "/usr/bin/chromium"  # Debian's (make system-deps): Playwright's browser download is unreachable
 DATA_GROUPS = ("ingestion", "preprocessing", "data_generation")
+SAMPLE_PARTITIONS = ["c", "cpp", "go", "java/sample", "pkg", "rust", "tests", "web"]  # its directories holding code
 TRAINING = {**PROJECT_TRAINING, "max_steps": 4, "eval_max_examples": 8, "eval_max_new_tokens": 4}
 
 # What each graph node shows: its name and the kind tags under it.
@@ -168,21 +169,39 @@ def test_a_person_browses_the_graph_materializes_the_data_and_opens_the_plot(ui,
     launch = page.get_by_role("button", name=f"Materialize all ({len(data_assets)})")
     launch.wait_for()  # the filter has been applied
     launch.click()
+    # code_chunks is partitioned by directory: Dagster asks which partitions (all, by default) and launches a
+    # backfill, whose runs go in order (what is above code_chunks, its partitions, what is below).
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="All", exact=True).click()
+    dialog.get_by_text(f"{len(SAMPLE_PARTITIONS)} partitions", exact=True).wait_for()
+    page.screenshot(path=shots / "partition_dialog.png")
+    dialog.get_by_role("button", name="Launch backfill").click()
     deadline = time.monotonic() + 60
-    runs: list = []
-    while not runs and time.monotonic() < deadline:
-        runs = _graphql(ui, '{ runsOrError(filter: {tags: [{key: "dagster/from_ui", value: "true"}]}) '
-                            "{ ... on Runs { results { runId } } } }")["runsOrError"]["results"]
+    backfills: list = []
+    while not backfills and time.monotonic() < deadline:
+        backfills = _graphql(ui, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")[
+            "partitionBackfillsOrError"]["results"]
         time.sleep(1)
-    assert len(runs) == 1, "the UI launched no run"
-    page.goto(f"{base}/runs/{runs[0]['runId']}")
-    status = page.locator("[class*='RunStatusTag'], [class*='Tag']").filter(has_text=re.compile("^(Success|Failure)$"))
-    status.first.wait_for(timeout=600_000)
-    page.screenshot(path=shots / "data_run.png")
-    assert status.first.inner_text() == "Success"
-    run = _graphql(ui, f'{{ runOrError(runId: "{runs[0]["runId"]}") {{ ... on Run {{ assetMaterializations '
-                       "{ assetKey { path } } } } }")["runOrError"]
-    assert sorted({m["assetKey"]["path"][0] for m in run["assetMaterializations"]}) == sorted(data_assets)
+    assert len(backfills) == 1, "the UI launched no backfill"
+    backfill = backfills[0]["id"]
+    page.goto(f"{base}/runs/b/{backfill}")
+    deadline = time.monotonic() + 900
+    status = None
+    while status not in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
+        assert time.monotonic() < deadline, f"backfill {backfill} still {status}"
+        time.sleep(3)
+        status = _graphql(ui, f'{{ partitionBackfillOrError(backfillId: "{backfill}") {{ ... on PartitionBackfill '
+                              "{ status } } }")["partitionBackfillOrError"]["status"]
+    page.reload()
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=shots / "data_backfill.png")
+    runs = _graphql(ui, f'{{ runsOrError(filter: {{tags: [{{key: "dagster/backfill", value: "{backfill}"}}]}}) '
+                        "{ ... on Runs { results { status assetMaterializations { assetKey { path } } } } } }")[
+        "runsOrError"]["results"]
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS") and {r["status"] for r in runs} == {"SUCCESS"}, (status, runs)
+    assert len(runs) == 3  # above code_chunks, its partitions (16 to a run: one), below it
+    materialized = {m["assetKey"]["path"][0] for r in runs for m in r["assetMaterializations"]}
+    assert sorted(materialized) == sorted(data_assets)
 
     # The evaluation report's plot, opened from the asset's metadata.
     page.goto(f"{base}/assets/evaluation_report")

@@ -14,14 +14,16 @@ from pathlib import PurePosixPath
 import dagster as dg
 from pydantic import Field
 
-from mochi_pipeline.incremental import checked, reuse
+from mochi_pipeline.incremental import INPUT_HASH_KEY, REUSED_KEY, checked, chunked_before, reuse
 from mochi_pipeline.ingestion.doc_parser import parse_document
 from mochi_pipeline.ingestion.languages import DOC_LANGUAGES
+from mochi_pipeline.io_manager import Unchanged, partition_base, read_asset_file, stored_file
 from mochi_pipeline.metadata import md_table, records_hash
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.preprocessing import cleaning, thread_cleaning
 from mochi_pipeline.preprocessing.cleaning import CLEANER_VERSION, CleanStats
 from mochi_pipeline.preprocessing.code_chunker import CHUNKER_VERSION, chunk_files
+from mochi_pipeline.preprocessing.code_partitions import partition_of
 from mochi_pipeline.preprocessing.conventions import mine_conventions
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
@@ -35,8 +37,11 @@ from mochi_pipeline.preprocessing.settings import (
 )
 from mochi_pipeline.preprocessing.thread_cleaning import THREAD_CLEANER_VERSION
 from mochi_pipeline.records import Chunk, CIFailure, Commit, DocSection, IssueThread, SourceFile
+from mochi_pipeline.storage import content_hash
 
 GROUP = "preprocessing"
+# code_chunks' partitions: the directories holding code at the observed commit (see code_partitions.py).
+CODE_PARTITIONS = dg.DynamicPartitionsDefinition(name="code_directories")
 PREVIEW_ROWS = 20
 NORMALIZER_VERSION = "1"
 CONVENTIONS_VERSION = "1"
@@ -76,6 +81,27 @@ def _clean_metadata(stats: CleanStats, before: int, after: int, what: str) -> di
 def _as_metadata(values: dict[str, object]) -> dict[str, object]:
     """Counts for the UI: per-reason tables as JSON, plain numbers as they are."""
     return {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def partition_requests(instance: dg.DagsterInstance, keys: Sequence[str]) -> list:
+    """The requests that make code_chunks' partitions exactly ``keys`` (new directories added, gone ones removed)."""
+    now = set(instance.get_dynamic_partitions(CODE_PARTITIONS.name))
+    requests: list = []
+    if added := [k for k in keys if k not in now]:
+        requests.append(CODE_PARTITIONS.build_add_request(added))
+    if removed := sorted(now - set(keys)):
+        requests.append(CODE_PARTITIONS.build_delete_request(removed))
+    return requests
+
+
+def register_code_partitions(instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
+    """Make code_chunks' partitions exactly ``keys`` now (what the commit sensor's requests do on its tick)."""
+    for request in partition_requests(instance, keys):
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
 def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: FilterSettings, scrub: ScrubSettings,
@@ -196,55 +222,95 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         group_name=GROUP,
         kinds={"python"},
         code_version=f"chunker{CHUNKER_VERSION}-{chunking.signature()}",
+        partitions_def=CODE_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.multi_run(chunking.partitions_per_run),
         check_specs=[
             dg.AssetCheckSpec("code_chunks_not_empty", asset="code_chunks", description="No chunk is blank."),
             dg.AssetCheckSpec("code_chunks_within_budget", asset="code_chunks",
                               description="Every chunk has at most chunking.max_tokens tokens."),
+            dg.AssetCheckSpec("code_chunks_cover_every_directory", asset="code_chunks",
+                              description="Every directory holding code has a partition (registered by the "
+                              "commit sensor and by every mochi command)."),
         ],
     )
     def code_chunks(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
                     clean_files: list[SourceFile]) -> Iterator:
         """Source files cut along syntax (tree-sitter) into functions, classes and module code within a token budget.
 
-        Each chunk carries a context header (file, module docstring, imports it uses, enclosing class).
-        Results are cached per file blob under <artifacts>/cache/chunks, so unchanged files are not parsed again.
+        Partitioned by directory (``chunking.partition_depth``). Each chunk carries a context header (file,
+        module docstring, imports it uses, enclosing class). A partition whose files are the same as when it was
+        last chunked is reused; the others are chunked with a cache per file blob under <artifacts>/cache/chunks.
         """
-        if (events := reuse(context, root)) is not None:
-            yield from events
-            return
+        wanted = list(context.partition_keys)
+        registered = set(context.instance.get_dynamic_partitions(CODE_PARTITIONS.name))
+        files: dict[str, list[SourceFile]] = {p: [] for p in wanted}
         skipped: Counter[str] = Counter()
-        code: list[SourceFile] = []
+        unregistered: Counter[str] = Counter()
         for f in clean_files:
+            partition = partition_of(f.path, chunking.partition_depth)
             if f.language in DOC_LANGUAGES:
                 skipped["documentation"] += 1
             elif f.language in chunking.exclude_languages:
                 skipped[f"excluded_language:{f.language}"] += 1
-            else:
-                code.append(f)
+            elif partition in files:
+                files[partition].append(f)
+            elif partition not in registered:
+                unregistered[partition] += 1
+        inputs = {p: records_hash(files[p]) for p in wanted}
+        reused = {p: run for p in wanted if (run := chunked_before(context, p, inputs[p], root)) is not None}
+        todo = [f for p in wanted if p not in reused for f in files[p]]
         # The workers also sign each new chunk for deduplicated_chunks (a cache: not part of this output).
-        chunks, stats = chunk_files(code, chunking, root / "cache" / "chunks", workers=config.workers, dedup=dedup)
+        new, stats = chunk_files(todo, chunking, root / "cache" / "chunks", workers=config.workers, dedup=dedup)
         signature_store(root / "cache", dedup).add(stats.signatures)
-        context.log.info(f"{len(chunks)} chunks from {len(code)} files ({stats.cache_hits} cached, "
-                         f"modes {stats.modes})")
-        output = dg.Output(chunks, data_version=dg.DataVersion(records_hash(chunks)), metadata={
-            "chunks": len(chunks),
-            "files": len(code),
-            "cache_hits": stats.cache_hits,
-            "chunks_by_language": dg.MetadataValue.json(dict(sorted(Counter(c.language for c in chunks).items()))),
-            "chunks_by_kind": dg.MetadataValue.json(dict(sorted(Counter(c.kind for c in chunks).items()))),
-            "files_by_mode": dg.MetadataValue.json(stats.modes),
-            "skipped_files_by_reason": dg.MetadataValue.json(dict(sorted(skipped.items()))),
-            "dropped_by_reason": dg.MetadataValue.json({"punctuation_only": stats.dropped_punctuation}),
-            "max_tokens_seen": max((c.n_tokens for c in chunks), default=0),
-            "preview": dg.MetadataValue.md(_chunk_preview(chunks)),
-        })
+        by_partition: dict[str, list[Chunk]] = {p: [] for p in wanted if p not in reused}
+        for c in new:
+            by_partition[partition_of(c.path, chunking.partition_depth)].append(c)
+        for p in reused:
+            by_partition[p] = read_asset_file(stored_file(partition_base(root, context.asset_key, p)))
+        chunks = [c for p in wanted for c in by_partition[p]]
+        for p in wanted:  # each partition's materialization describes that partition
+            part = by_partition[p]
+            context.add_asset_metadata({
+                "chunks": len(part),
+                "files": len(files[p]),
+                "chunks_by_language": dg.MetadataValue.json(dict(sorted(Counter(c.language for c in part).items()))),
+                "chunks_by_kind": dg.MetadataValue.json(dict(sorted(Counter(c.kind for c in part).items()))),
+                "max_tokens_seen": max((c.n_tokens for c in part), default=0),
+                "preview": dg.MetadataValue.md(_chunk_preview(part)),
+                INPUT_HASH_KEY: inputs[p],
+                **({REUSED_KEY: reused[p]} if p in reused else {}),
+            }, partition_key=p)
+        rechunked = [p for p in wanted if p not in reused]
+        context.log.info(f"{len(chunks)} chunks in {len(wanted)} partition(s); chunked {len(rechunked)} "
+                         f"({', '.join(rechunked[:10]) or 'none'}), {len(reused)} unchanged since they were last "
+                         f"chunked; {stats.cache_hits} of {len(todo)} files from the cache")
+        output = dg.Output(  # the run's own numbers; Dagster keeps one data version for the run's partitions
+            {p: Unchanged(run_id=reused[p]) if p in reused else by_partition[p] for p in wanted},
+            data_version=dg.DataVersion(content_hash(*(f"{p}:{records_hash(by_partition[p])}" for p in wanted))),
+            metadata={
+                "partitions_in_run": len(wanted),
+                "rechunked_partitions": dg.MetadataValue.json(rechunked),
+                "reused_partitions": len(reused),
+                "cache_hits": stats.cache_hits,
+                "files_by_mode": dg.MetadataValue.json(stats.modes),
+                "skipped_files_by_reason": dg.MetadataValue.json(dict(sorted(skipped.items()))),
+                "dropped_by_reason": dg.MetadataValue.json({"punctuation_only": stats.dropped_punctuation}),
+            })
         blank = [c.id for c in chunks if not c.text.strip()]
         over = [f"{c.path}:{c.start_line} ({c.n_tokens})" for c in chunks if c.n_tokens > chunking.max_tokens]
+        missing = dict(sorted(unregistered.items()))
         yield from checked(output, [
             dg.AssetCheckResult(check_name="code_chunks_not_empty", passed=not blank, metadata={"blank": len(blank)}),
             dg.AssetCheckResult(check_name="code_chunks_within_budget", passed=not over,
                                 metadata={"over_budget": len(over), "max_tokens": chunking.max_tokens,
                                           "examples": dg.MetadataValue.json(over[:10])}),
+            dg.AssetCheckResult(
+                check_name="code_chunks_cover_every_directory", passed=not missing,
+                metadata={"files_by_unregistered_directory": dg.MetadataValue.json(missing)},
+                description=None if not missing else f"{sum(missing.values())} code file(s) in {', '.join(missing)} "
+                "belong to no partition of code_chunks, so no chunk is cut from them. Run `mochi run` (or turn on "
+                "new_commit_sensor), which registers the directories of the current commit, then materialize the "
+                "new partitions."),
         ])
 
     @dg.asset(

@@ -20,6 +20,9 @@ class ChunkStrategy(StrEnum):
 
 
 class ChunkingSettings(Section):
+    """How source files are cut into chunks (``strategy`` to ``exclude_languages``), and how that work is split
+    into partitions (the rest: they never change a chunk, so they are left out of ``signature()``)."""
+
     strategy: ChunkStrategy = Field(ChunkStrategy.FUNCTION, description="function, class, file or sliding_window.")
     max_tokens: int = Field(512, ge=16, description="Token budget of one chunk.")
     min_tokens: int = Field(24, ge=0, description="Sibling definitions smaller than this are merged.")
@@ -29,6 +32,21 @@ class ChunkingSettings(Section):
         default_factory=lambda: ["text", "json"],
         description="Languages never cut into code chunks (documentation formats never are; they become doc sections).",
     )
+    partition_depth: int = Field(
+        2, ge=0, description="Directory levels that name a partition of code_chunks (2: src/app, tests; 0: one "
+        "partition for the whole repository). Each partition is chunked and stored on its own.",
+    )
+    partitions_per_run: int = Field(
+        16, ge=1, description="At most this many partitions of code_chunks in one run of a backfill launched from "
+        "the UI or by the sensors: a first run of a large repository spreads over several runs (and workers).",
+    )
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("strategy", "max_tokens", "min_tokens", "window_tokens",
+                                                "overlap_tokens", "exclude_languages")
+
+    def signature(self, *fields: str) -> str:
+        """Hash of the fields that decide the chunks (or of ``fields``): not of how the work is partitioned."""
+        return super().signature(*(fields or self.RESULT_FIELDS))
 
     @model_validator(mode="after")
     def _check(self) -> ChunkingSettings:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mochi_pipeline.records import Chunk, Commit, DocSection
-from mochi_pipeline_tests.materialize import materialize, project_config
+from mochi_pipeline_tests.materialize import chunks_of, materialize, project_config
 
 ASSETS = ["source_files", "commit_history", "clean_files", "clean_commits", "doc_sections", "code_chunks"]
 
@@ -27,5 +27,5 @@ class Upstream:
 def materialize_upstream(repo: Path, tmp_path: Path) -> Upstream:
     result = materialize(project_config(tmp_path, repo={"source": str(repo)}), ASSETS)
     assert result.success
-    return Upstream(chunks=result.output_for_node("code_chunks"), docs=result.output_for_node("doc_sections"),
+    return Upstream(chunks=chunks_of(result), docs=result.output_for_node("doc_sections"),
                     commits=result.output_for_node("clean_commits"))

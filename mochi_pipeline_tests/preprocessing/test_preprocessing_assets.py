@@ -8,13 +8,14 @@ from mochi_pipeline.incremental import FORCE_TAG
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.records import Chunk, DocSection
-from mochi_pipeline_tests.materialize import materialize, project_config
+from mochi_pipeline_tests.materialize import chunks_of, materialize, project_config
 
 ASSETS = ["source_files", "clean_files", "doc_sections", "code_chunks", "deduplicated_chunks"]
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    (event,) = result.asset_materializations_for_node(key)
+    """The metadata of ``key``'s materialization (of its first partition, for code_chunks: the run's totals)."""
+    event = result.asset_materializations_for_node(key)[0]
     return {k: v.value for k, v in event.metadata.items()}
 
 
@@ -29,11 +30,14 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     assert result.success
     assert _checks(result) == {"source_files_found": True, "clean_files_found": True, "doc_sections_not_empty": True,
                                "code_chunks_not_empty": True, "code_chunks_within_budget": True,
-                               "no_exact_duplicates_left": True}
+                               "code_chunks_cover_every_directory": True, "no_exact_duplicates_left": True}
 
     stored = tmp_path / "artifacts" / "assets"
-    chunks = read_asset_file(stored / "code_chunks.jsonl")
-    assert chunks == result.output_for_node("code_chunks") and all(isinstance(c, Chunk) for c in chunks)
+    chunks = chunks_of(result)
+    assert all(isinstance(c, Chunk) for c in chunks)
+    assert read_asset_file(stored / "code_chunks" / "pkg.jsonl") == [c for c in chunks if c.path.startswith("pkg/")]
+    partitions = sorted(e.partition for e in result.asset_materializations_for_node("code_chunks"))
+    assert partitions == ["c", "cpp", "go", "java/sample", "pkg", "rust", "tests", "web"]
     assert {c.language for c in chunks} == {"python", "javascript", "typescript", "java", "go", "rust", "c", "cpp"}
     distance = next(c for c in chunks if c.symbol == "Point.distance_to")
     assert (distance.path, distance.start_line, distance.end_line) == ("pkg/core.py", 14, 16)
@@ -41,9 +45,14 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     assert "import math" in distance.context
 
     meta = _metadata(result, "code_chunks")
-    assert meta["chunks"] == len(chunks) and meta["cache_hits"] == 0
+    assert meta["cache_hits"] == 0 and meta["partitions_in_run"] == 8 and meta["reused_partitions"] == 0
     assert meta["skipped_files_by_reason"] == {"documentation": 3, "excluded_language:text": 2}
-    assert sum(meta["chunks_by_language"].values()) == len(chunks)
+    by_partition = {e.partition: {k: v.value for k, v in e.metadata.items()}
+                    for e in result.asset_materializations_for_node("code_chunks")}
+    assert by_partition["pkg"]["chunks"] == len([c for c in chunks if c.path.startswith("pkg/")])
+    assert by_partition["pkg"]["chunks_by_language"] == {"python": by_partition["pkg"]["chunks"]}
+    assert sum(m["chunks"] for m in by_partition.values()) == len(chunks)
+    assert sum(m["files"] for m in by_partition.values()) == 12
 
     kept = read_asset_file(stored / "deduplicated_chunks.jsonl")
     dedup = _metadata(result, "deduplicated_chunks")
@@ -62,7 +71,7 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
 
     # A second run, forced to recompute, parses nothing (per-blob cache) and yields the same data versions.
     again = materialize(cfg, ASSETS, tags={FORCE_TAG: "true"})
-    assert _metadata(again, "code_chunks")["cache_hits"] == meta["files"]
+    assert _metadata(again, "code_chunks")["cache_hits"] == 12
     versions = [{e.asset_key.path[-1]: e.tags["dagster/data_version"]
                  for e in r.get_asset_materialization_events()
                  for e in [e.event_specific_data.materialization]} for r in (result, again)]
