@@ -228,6 +228,7 @@ def build_defs(settings: AutomationSettings, repo: RepoSettings, sources: Source
         "data_automation_sensor",
         target=dg.AssetSelection.groups(*DATA_GROUPS),
         default_status=dg.DefaultSensorStatus.STOPPED,
+        emit_backfills=True,  # code_chunks' partitions then run chunking.partitions_per_run to a run, in order
         description="Rebuilds the data assets (ingestion → training_dataset) after a new commit, in one run.",
     )
     model_sensor = dg.AutomationConditionSensorDefinition(

@@ -50,12 +50,12 @@ def _preview(examples: list[TrainingExample], n: int = 3) -> str:
 
 
 def _examples_output(
-    context: dg.AssetExecutionContext, name: str, examples: list[TrainingExample], missing: str, **metadata: object
+    context: dg.AssetExecutionContext, examples: list[TrainingExample], missing: str, **metadata: object
 ) -> dg.Output:
     if missing:
-        context.log.warning(f"{name}: {missing}; produced {len(examples)} examples.")
+        context.log.warning(f"{missing}; produced {len(examples)} examples.")  # Dagster names the step
     else:
-        context.log.info(f"{name}: produced {len(examples)} examples.")
+        context.log.info(f"Produced {len(examples)} examples.")
     return dg.Output(
         examples,
         data_version=dg.DataVersion(records_hash(examples)),
@@ -220,7 +220,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             deduplicated_chunks, gen.completion, gen.seed, gen.fim_rate, gen.spm_rate
         )
         yield _examples_output(
-            context, "completion_pairs", result.examples, "" if deduplicated_chunks else NO_CODE,
+            context, result.examples, "" if deduplicated_chunks else NO_CODE,
             n_chunks=len(deduplicated_chunks), skipped_chunks=dg.MetadataValue.json(dict(result.skipped)),
         )
 
@@ -238,7 +238,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         if not deduplicated_chunks:
             missing.append(NO_CODE)
         yield _examples_output(
-            context, "doc_code_pairs", result.examples, "; ".join(missing), n_doc_sections=len(doc_sections),
+            context, result.examples, "; ".join(missing), n_doc_sections=len(doc_sections),
             links=dg.MetadataValue.json(dict(result.links)), skipped=dg.MetadataValue.json(dict(result.skipped)),
         )
 
@@ -256,7 +256,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         elif not result.used_commits:
             missing = f"none of the {len(clean_commits)} commits was usable ({dict(result.dropped)})"
         yield _examples_output(
-            context, "commit_pairs", result.examples, missing, n_commits=len(clean_commits),
+            context, result.examples, missing, n_commits=len(clean_commits),
             used_commits=result.used_commits, dropped_commits=dg.MetadataValue.json(dict(result.dropped)),
         )
 
@@ -280,7 +280,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             raise dg.Failure(description=str(err), allow_retries=err.retryable) from None
         missing = "" if examples else (
             NO_CODE if not deduplicated_chunks else "no named definitions found in the code chunks")
-        yield _examples_output(context, "qa_pairs", examples, missing, backend=type(qa_llm).__name__,
+        yield _examples_output(context, examples, missing, backend=type(qa_llm).__name__,
                                outcomes=dg.MetadataValue.json(dict(batch.outcomes)))
 
     @dg.asset(group_name=GROUP, kinds={"python", "git"},
@@ -296,7 +296,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         answers, unanswered = tracker_pairs.discussion_qa_pairs(clean_issue_threads, gen.trackers)
         missing = "" if clean_issue_threads else "no issue threads (no tracker set in mochi.yaml, or none kept)"
         yield _examples_output(
-            context, "issue_pairs", resolutions + answers, missing, n_threads=len(clean_issue_threads),
+            context, resolutions + answers, missing, n_threads=len(clean_issue_threads),
             skipped=dg.MetadataValue.json(dict(skipped + unanswered)),
         )
 
@@ -310,7 +310,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
             return
         examples, skipped = tracker_pairs.ci_fix_pairs(clean_ci_failures, clean_commits, gen.trackers)
         missing = "" if clean_ci_failures else "no CI failures (no CI system set in mochi.yaml, or none failed)"
-        yield _examples_output(context, "ci_fix_pairs", examples, missing, n_failures=len(clean_ci_failures),
+        yield _examples_output(context, examples, missing, n_failures=len(clean_ci_failures),
                                skipped=dg.MetadataValue.json(dict(skipped)))
 
     @dg.asset(
