@@ -136,19 +136,19 @@ def clean_commits(commits: list[Commit], scrub: ScrubSettings, filters: FilterSe
     """Commits with scrubbed messages and diffs; the diff of a secret file, and of a file the filters call
     vendored or generated (a lock file, say: nothing to learn from its changes), is emptied."""
     stats = CleanStats()
-    skipped: set[tuple[str, str]] = set()
     tasks = []
     for c in commits:
         tasks.append((_key("message", c.sha, "", scrub), "", c.message))
         for d in c.files:
             if d.diff and (reason := file_filters.path_drop_reason(d.path, filters)):
-                stats.dropped[f"diff:{reason}"] += 1
-                skipped.add((c.sha, d.path))
+                stats.dropped[f"diff:{reason}"] += 1  # not scrubbed: emptied below
             elif d.diff:
                 tasks.append((_key("diff", c.sha, d.path, scrub), d.path, d.diff))
     results = _scrub_all(tasks, scrub, cache_dir, workers, stats)
 
     def cleaned(key: str, original: str) -> str:
+        if key not in results:
+            return ""  # a filtered file's diff
         result = results[key]
         stats.replaced.update(result["counts"])
         if result["drop"]:
@@ -158,8 +158,7 @@ def clean_commits(commits: list[Commit], scrub: ScrubSettings, filters: FilterSe
     out = []
     for c in commits:
         message = cleaned(_key("message", c.sha, "", scrub), c.message)
-        files = [d.model_copy(update={"diff": "" if (c.sha, d.path) in skipped
-                                      else cleaned(_key("diff", c.sha, d.path, scrub), d.diff)}) if d.diff else d
+        files = [d.model_copy(update={"diff": cleaned(_key("diff", c.sha, d.path, scrub), d.diff)}) if d.diff else d
                  for d in c.files]
         if message != c.message or any(a.diff != b.diff for a, b in zip(files, c.files, strict=True)):
             stats.changed += 1

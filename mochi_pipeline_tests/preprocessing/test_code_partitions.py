@@ -124,6 +124,7 @@ def _chunk_partitions(config: dict, dagster_home: str, partitions: list[str]) ->
                               instance=instance, tags=partition_range_tags(partitions)).success
 
 
+@pytest.mark.slow  # two worker processes, each importing the whole pipeline
 def test_partitions_chunked_in_separate_runs_by_separate_workers_make_one_corpus(repo, tmp_path):
     config = {"artifacts_root": str(tmp_path / "artifacts"), "repo": {"source": str(repo)},
               "chunking": {"partitions_per_run": 4}}
