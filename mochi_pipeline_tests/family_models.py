@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
-from mochi_pipeline.storage import atomic_directory, build_key, file_lock
+from mochi_pipeline.storage import build_key, build_once
 from mochi_pipeline.training.base_models import PRESETS, ResolvedBase
 
 # llama.cpp's names for the fill-in-the-middle roles (``llama_vocab_fim_<role>``).
@@ -219,9 +219,5 @@ def family_model_dir(name: str) -> Path:
 
     family = FAMILIES[name]
     key = build_key([__file__], family.signature(), transformers.__version__, LLAMA_CPP_PYTHON_VERSION)
-    dest = cache_root() / "test-models" / f"{name}-{key}"
-    with file_lock(dest.with_name(dest.name + ".lock")):
-        if not (dest / "config.json").is_file():
-            with atomic_directory(dest) as tmp:
-                build_family_model(family, tmp)
-    return dest
+    return build_once(cache_root() / "test-models" / f"{name}-{key}", lambda d: (d / "config.json").is_file(),
+                      lambda tmp: build_family_model(family, tmp))

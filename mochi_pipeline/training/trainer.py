@@ -71,6 +71,7 @@ class TrainingResult:
     warm_start_from: str = ""  # the final directory of the run this one continued, '' = from the base
     base_path: str = ""
     lora_rank: int = 0
+    processes: int = 1  # how many processes shared the steps (distributed.py)
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -188,8 +189,9 @@ def warm_start_refusal(init_from: Path, base: ResolvedBase, settings: TrainingSe
     return ""
 
 
-def last_complete_checkpoint(checkpoints: Path) -> str | None:
-    """The newest checkpoint written whole, or None; one cut short by a kill is removed.
+def last_complete_checkpoint(checkpoints: Path, remove_incomplete: bool = True) -> str | None:
+    """The newest checkpoint written whole, or None; one cut short by a kill is removed (by rank 0 alone
+    when several processes train: ``remove_incomplete`` is False on the others, which only skip it).
 
     The Trainer writes ``trainer_state.json`` last, so a checkpoint whose state file is missing or does
     not parse was interrupted.
@@ -202,7 +204,8 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
         try:
             json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            shutil.rmtree(candidate, ignore_errors=True)
+            if remove_incomplete:
+                shutil.rmtree(candidate, ignore_errors=True)
             continue
         return str(candidate)
     return None
@@ -287,7 +290,8 @@ def train(
     trainer.remove_callback(PrinterCallback)  # LogProgress reports the same lines through `log`
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    last = last_complete_checkpoint(checkpoints)
+    main_process = trainer.is_world_process_zero()
+    last = last_complete_checkpoint(checkpoints, remove_incomplete=main_process)
     log(
         f"Training {settings.method} on {base.name}"
         + (f" continuing {init_from}" if init_from else " from the base")
@@ -310,12 +314,17 @@ def train(
         best_eval_loss=min(eval_losses) if eval_losses else None,
         resumed_from=last or "", seconds=round(time.monotonic() - started, 1),
         warm_start_from=str(init_from or ""), base_path=base.path,
-        lora_rank=settings.lora_rank if settings.method != "full" else 0, history=history,
+        lora_rank=settings.lora_rank if settings.method != "full" else 0, processes=trainer.args.world_size,
+        history=history,
     )
     if result.last_train_loss is not None and not math.isfinite(result.last_train_loss):
         raise TrainingError(f"Training diverged (loss {result.last_train_loss}); lower training.learning_rate.")
-    if not trainer.is_world_process_zero():  # one of several launched processes (distributed.py)
-        trainer.save_model(str(checkpoints))  # under FSDP every rank gathers the weights; only rank 0 writes
+    # Several launched processes (distributed.py): rank 0 alone writes. The others only join save_model's
+    # gathering (FSDP) and wait at the barrier, so rank 0 removes the checkpoints only once every rank has
+    # written its last piece of them (its RNG state): no process writes into a folder another removes.
+    if not main_process:
+        trainer.save_model(str(checkpoints))  # writes nothing on this rank
+        trainer.accelerator.wait_for_everyone()
         return result
     with atomic_directory(final) as tmp:
         trainer.save_model(str(tmp))  # the best checkpoint's weights when an eval split exists
@@ -323,6 +332,7 @@ def train(
         atomic_write_text(tmp / HISTORY_FILE, json.dumps(history, indent=1))
         atomic_write_bytes(tmp / CURVE_FILE, loss_curve_png(history, f"{settings.method} on {base.name}"))
         atomic_write_text(tmp / RESULT_FILE, result.to_json())
+    trainer.accelerator.wait_for_everyone()
     shutil.rmtree(checkpoints, ignore_errors=True)  # the final weights are whole: nothing left to resume
     log(
         f"Training done at step {result.global_step}: train loss {result.first_train_loss} -> "

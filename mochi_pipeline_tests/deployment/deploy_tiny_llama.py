@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mochi_pipeline.llama_cpp_vendor import LLAMA_CPP_PYTHON_VERSION, cache_root, vocab_gguf
-from mochi_pipeline.storage import atomic_directory, build_key, file_lock
+from mochi_pipeline.storage import build_key, build_once
 from mochi_pipeline.training.base_models import PLAIN_TEMPLATE
 
 
@@ -74,10 +74,11 @@ def cached_tiny_llama_and_adapter() -> tuple[Path, Path]:
 
     key = build_key([__file__], PLAIN_TEMPLATE, LLAMA_CPP_PYTHON_VERSION, torch.__version__, transformers.__version__,
                     peft.__version__)
-    root = cache_root() / "test-models" / f"deploy-tiny-llama-{key}"
-    with file_lock(root.with_name(root.name + ".lock")):
-        if not (root / "adapter" / "adapter_config.json").is_file():
-            with atomic_directory(root) as tmp:
-                build_tiny_llama(tmp / "model")
-                build_lora_adapter(tmp / "model", tmp / "adapter")
+
+    def build(tmp: Path) -> None:
+        build_tiny_llama(tmp / "model")
+        build_lora_adapter(tmp / "model", tmp / "adapter")
+
+    root = build_once(cache_root() / "test-models" / f"deploy-tiny-llama-{key}",
+                      lambda d: (d / "adapter" / "adapter_config.json").is_file(), build)
     return root / "model", root / "adapter"

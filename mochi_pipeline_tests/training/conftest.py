@@ -19,3 +19,9 @@ def store_dataset(tmp_path_factory) -> Path:
 def tiny_base():
     """The tiny base with the test pre-training budget (cached under $MOCHI_CACHE across sessions)."""
     return resolve_base("tiny", TEST_TINY_STEPS)
+
+
+@pytest.fixture(scope="session")
+def gemma_base():
+    """The real Gemma 3 270M base, converted once from its PyPI package into $MOCHI_CACHE (about a minute)."""
+    return resolve_base("gemma3-270m", TEST_TINY_STEPS)

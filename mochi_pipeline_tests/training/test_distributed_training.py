@@ -44,6 +44,10 @@ def test_two_launched_processes_train_one_lora_adapter_written_by_rank_0(tmp_pat
                                                  max_steps=3, batch_size=2))
 
     assert result.global_step == 3
+    # One group of two: each process trained on its share of every step. Without it (the CPU default) each
+    # trained the whole job alone, both wrote the final folder as rank 0, and the first to finish removed
+    # the checkpoints the other was still writing: "rank 0: No such file or directory (os error 2)".
+    assert result.processes == 2
     assert any("accelerate.commands.launch --config_file" in line for line in lines)  # the command, to rerun
     assert any(line.startswith("fine-tuning: step 3/3") for line in lines)  # rank 0's progress reached the log
     assert sum(line.startswith("fine-tuning: step 1/3") for line in lines) == 1  # ...and only rank 0's
