@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from mochi_pipeline.config import MochiConfig
 from mochi_pipeline.training.settings import PRESET_DEFAULTS, TrainingSettings
 
+PRESET_KEYS = {key for defaults in PRESET_DEFAULTS.values() for key in defaults}
 HEADER = """\
 # mochi project config. Every key is optional: the values shown are the defaults.
 # Relative paths are relative to this file. Validate with `mochi status`.
@@ -37,10 +38,14 @@ def _render(model: BaseModel, indent: int) -> list[str]:
         if isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:")
             lines.extend(_render(value, indent + 1))
-        elif isinstance(model, TrainingSettings) and name in PRESET_DEFAULTS.get(model.base_model, {}):
-            # Left to the preset, so a later change of base_model brings that model's own default.
-            plain = _scalar(field.default)
-            lines.append(f"{pad}# {name}: {_scalar(value)}   (set by the {model.base_model} preset; otherwise {plain})")
+        elif isinstance(model, TrainingSettings) and name in PRESET_KEYS:
+            # Left to the preset, so a later change of base_model brings that model's own default (any key a preset
+            # sets: written out, a key the default preset leaves alone would pin its plain value on every other).
+            if name in PRESET_DEFAULTS.get(model.base_model, {}):
+                why = f"set by the {model.base_model} preset; otherwise {_scalar(field.default)}"
+            else:
+                why = "other base presets set their own"
+            lines.append(f"{pad}# {name}: {_scalar(value)}   ({why})")
         else:
             lines.append(f"{pad}{name}: {_scalar(value)}")
     return lines

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+
 from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
 
 # `training:` of a test project's mochi.yaml: a full fine-tune, since on the 20-step test base a few LoRA steps move
@@ -18,10 +20,10 @@ PROJECT_TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "l
                     "eval_max_examples": 16, "eval_max_new_tokens": 8}
 
 
-def mochi(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def mochi(cwd: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MOCHI_CONFIG", "DAGSTER_HOME")}
     proc = subprocess.run([sys.executable, "-m", "mochi_pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"mochi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -31,3 +33,13 @@ def status_of(cwd: Path) -> dict[str, str]:
     """Asset -> FRESH, STALE or MISSING, as `mochi status` prints them ("  FRESH    code_chunks (8 partitions)")."""
     out = mochi(cwd, "status").stdout
     return {m[2]: m[1] for line in out.splitlines() if (m := re.match(r"  (FRESH|STALE|MISSING) +(\S+)", line))}
+
+
+def check_results(repo: Path) -> dict[str, bool]:
+    """Whether each asset check passed at its latest evaluation (``asset:check``), from the CLI's run history."""
+    home = repo / ".mochi" / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True)
+        evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in evaluations}

@@ -308,3 +308,39 @@ def make_sample_repo(root: Path) -> Path:
         ),
     })
     return repo
+
+
+# Later history, so the held-out part has several changes for assist_evaluation to rank against each other.
+LATER_COMMITS = [
+    ("Add an inventory of stock levels", "2024-06-01T10:00:00+00:00", {"pkg/inventory.py": (
+        "def restock(levels: dict[str, int], item: str, amount: int) -> dict[str, int]:\n"
+        "    \"\"\"Add ``amount`` units of ``item``.\"\"\"\n"
+        "    updated = dict(levels)\n    updated[item] = updated.get(item, 0) + amount\n    return updated\n\n\n"
+        "def out_of_stock(levels: dict[str, int]) -> list[str]:\n"
+        "    \"\"\"Items with no units left, sorted.\"\"\"\n"
+        "    return sorted(item for item, count in levels.items() if count <= 0)\n")}),
+    ("Add temperature conversions", "2024-06-02T10:00:00+00:00", {"pkg/units.py": (
+        "def celsius_to_fahrenheit(celsius: float) -> float:\n"
+        "    \"\"\"Degrees Fahrenheit for ``celsius``.\"\"\"\n    return celsius * 9 / 5 + 32\n\n\n"
+        "def fahrenheit_to_celsius(fahrenheit: float) -> float:\n"
+        "    \"\"\"Degrees Celsius for ``fahrenheit``.\"\"\"\n    return (fahrenheit - 32) * 5 / 9\n")}),
+    ("Reject negative restocks", "2024-06-03T10:00:00+00:00", {"pkg/inventory.py": (
+        "def restock(levels: dict[str, int], item: str, amount: int) -> dict[str, int]:\n"
+        "    \"\"\"Add ``amount`` units of ``item``.\"\"\"\n    if amount < 0:\n"
+        "        raise ValueError(f\"cannot restock {amount} units of {item}\")\n"
+        "    updated = dict(levels)\n    updated[item] = updated.get(item, 0) + amount\n    return updated\n\n\n"
+        "def out_of_stock(levels: dict[str, int]) -> list[str]:\n"
+        "    \"\"\"Items with no units left, sorted.\"\"\"\n"
+        "    return sorted(item for item, count in levels.items() if count <= 0)\n")}),
+    ("Round conversions to one decimal", "2024-06-04T10:00:00+00:00", {"pkg/units.py": (
+        "def celsius_to_fahrenheit(celsius: float) -> float:\n"
+        "    \"\"\"Degrees Fahrenheit for ``celsius``.\"\"\"\n    return round(celsius * 9 / 5 + 32, 1)\n\n\n"
+        "def fahrenheit_to_celsius(fahrenheit: float) -> float:\n"
+        "    \"\"\"Degrees Celsius for ``fahrenheit``.\"\"\"\n    return round((fahrenheit - 32) * 5 / 9, 1)\n")}),
+    ("Add a retry helper", "2024-06-05T10:00:00+00:00", {"pkg/retry.py": (
+        "import time\n\n\ndef retry(action, attempts: int = 3, delay: float = 0.5):\n"
+        "    \"\"\"Call ``action`` until it succeeds, at most ``attempts`` times.\"\"\"\n"
+        "    for attempt in range(1, attempts + 1):\n        try:\n            return action()\n"
+        "        except OSError:\n            if attempt == attempts:\n                raise\n"
+        "            time.sleep(delay * attempt)\n")}),
+]

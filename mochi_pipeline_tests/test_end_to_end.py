@@ -17,49 +17,13 @@ import yaml
 from mochi_pipeline.config import load_config
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline.storage import file_sha256
-from mochi_pipeline_tests.cli_runner import PROJECT_TRAINING, mochi, status_of
-from mochi_pipeline_tests.repo_factory import commit
+from mochi_pipeline_tests.cli_runner import PROJECT_TRAINING, check_results, mochi, status_of
+from mochi_pipeline_tests.repo_factory import LATER_COMMITS, commit
 
 pytestmark = pytest.mark.slow
 
 MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile",
                 "assist_evaluation"]
-
-
-# Later history, so the held-out part has several changes for assist_evaluation to rank against each other.
-LATER_COMMITS = [
-    ("Add an inventory of stock levels", "2024-06-01T10:00:00+00:00", {"pkg/inventory.py": (
-        "def restock(levels: dict[str, int], item: str, amount: int) -> dict[str, int]:\n"
-        "    \"\"\"Add ``amount`` units of ``item``.\"\"\"\n"
-        "    updated = dict(levels)\n    updated[item] = updated.get(item, 0) + amount\n    return updated\n\n\n"
-        "def out_of_stock(levels: dict[str, int]) -> list[str]:\n"
-        "    \"\"\"Items with no units left, sorted.\"\"\"\n"
-        "    return sorted(item for item, count in levels.items() if count <= 0)\n")}),
-    ("Add temperature conversions", "2024-06-02T10:00:00+00:00", {"pkg/units.py": (
-        "def celsius_to_fahrenheit(celsius: float) -> float:\n"
-        "    \"\"\"Degrees Fahrenheit for ``celsius``.\"\"\"\n    return celsius * 9 / 5 + 32\n\n\n"
-        "def fahrenheit_to_celsius(fahrenheit: float) -> float:\n"
-        "    \"\"\"Degrees Celsius for ``fahrenheit``.\"\"\"\n    return (fahrenheit - 32) * 5 / 9\n")}),
-    ("Reject negative restocks", "2024-06-03T10:00:00+00:00", {"pkg/inventory.py": (
-        "def restock(levels: dict[str, int], item: str, amount: int) -> dict[str, int]:\n"
-        "    \"\"\"Add ``amount`` units of ``item``.\"\"\"\n    if amount < 0:\n"
-        "        raise ValueError(f\"cannot restock {amount} units of {item}\")\n"
-        "    updated = dict(levels)\n    updated[item] = updated.get(item, 0) + amount\n    return updated\n\n\n"
-        "def out_of_stock(levels: dict[str, int]) -> list[str]:\n"
-        "    \"\"\"Items with no units left, sorted.\"\"\"\n"
-        "    return sorted(item for item, count in levels.items() if count <= 0)\n")}),
-    ("Round conversions to one decimal", "2024-06-04T10:00:00+00:00", {"pkg/units.py": (
-        "def celsius_to_fahrenheit(celsius: float) -> float:\n"
-        "    \"\"\"Degrees Fahrenheit for ``celsius``.\"\"\"\n    return round(celsius * 9 / 5 + 32, 1)\n\n\n"
-        "def fahrenheit_to_celsius(fahrenheit: float) -> float:\n"
-        "    \"\"\"Degrees Celsius for ``fahrenheit``.\"\"\"\n    return round((fahrenheit - 32) * 5 / 9, 1)\n")}),
-    ("Add a retry helper", "2024-06-05T10:00:00+00:00", {"pkg/retry.py": (
-        "import time\n\n\ndef retry(action, attempts: int = 3, delay: float = 0.5):\n"
-        "    \"\"\"Call ``action`` until it succeeds, at most ``attempts`` times.\"\"\"\n"
-        "    for attempt in range(1, attempts + 1):\n        try:\n            return action()\n"
-        "        except OSError:\n            if attempt == attempts:\n                raise\n"
-        "            time.sleep(delay * attempt)\n")}),
-]
 
 
 def write_config(repo: Path, **training) -> None:
@@ -82,17 +46,9 @@ def runs_of(repo: Path) -> dict[str, list[dg.EventLogEntry]]:
     return {name: list(entries.values()) for name, entries in by_run.items()}
 
 
-def check_results(repo: Path) -> dict[str, bool]:
-    """Whether each asset check passed at its latest evaluation (``asset:check``), from the CLI's run history."""
-    home = repo / ".mochi" / "dagster_home"
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        records = instance.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True)
-        evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
-    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in evaluations}
-
-
-# Checks every full run evaluates; each must pass on the tiny model the demo config trains.
+# Checks every full run evaluates; each must pass on the tiny model the demo config trains, except rerank: the tiny
+# model reranks at chance, and a handful of cases proves nothing either way (its check warns unless p < 0.01).
+AT_CHANCE = "assist_evaluation:rerank_beats_chance"
 EXPECTED_CHECKS = {
     "source_files:source_files_found", "code_chunks:code_chunks_not_empty", "code_chunks:code_chunks_within_budget",
     "deduplicated_chunks:no_exact_duplicates_left", "doc_sections:doc_sections_not_empty",
@@ -132,10 +88,11 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     assert report.accepted and tuned["perplexity"] < base["perplexity"]
     assert (art / "training" / "accepted.json").is_file()
     rerank = read_asset_file(art / "assets" / "assist_evaluation.json")
-    assert rerank.n_cases >= 3 and rerank.accuracy > rerank.chance  # held-out changes, picked by the trained model
+    assert rerank.n_cases >= 3 and rerank.p_value is not None  # held-out changes, ranked by the trained model
     checks = check_results(repo)
     assert EXPECTED_CHECKS <= checks.keys()
-    assert [name for name, passed in checks.items() if not passed] == []
+    assert [name for name, passed in checks.items() if not passed and name != AT_CHANCE] == []
+    assert checks[AT_CHANCE] == (rerank.p_value < 0.01)
 
     out = mochi(repo, "report").stdout
     assert "evaluation_report:" in out and "| **all** |" in out

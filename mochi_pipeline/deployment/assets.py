@@ -16,7 +16,7 @@ import dagster as dg
 
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
 from mochi_pipeline.deployment.assist import Assistant
-from mochi_pipeline.deployment.assist_eval import evaluate_rerank
+from mochi_pipeline.deployment.assist_eval import SIGNIFICANCE, evaluate_rerank
 from mochi_pipeline.deployment.exporter import modelfile_source, write_modelfile
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
@@ -73,7 +73,7 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             return
         out_dir = paths.path(GGUF_DIR, "model")
         result = export_gguf(Path(merged_model.path), out_dir, export.quantizations, name=export.name,
-                             log=step_log(context))
+                             log=step_log(context)).model_copy(update={"base_name": merged_model.base_name})
         sizes = "\n".join(f"| {f.quantization} | {_mib(f.size_bytes)} | `{Path(f.path).name}` |" for f in result.files)
         skipped = "\n".join(f"- **{q}**: {why}" for q, why in result.skipped.items()) or "none"
         version = content_hash(*(file_sha256(f.path) for f in result.files))
@@ -176,21 +176,28 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
                                                    "model puts the real one first more often than chance.")],
     )
     def assist_evaluation(context: dg.AssetExecutionContext, gguf_model: GGUFExport,
-                          training_dataset: TrainingDatasetArtifact) -> Iterator:
+                          gguf_lora_adapter: GGUFLoraAdapter, training_dataset: TrainingDatasetArtifact) -> Iterator:
         """How well the exported model reranks: for held-out later commits, the real change among
-        export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy vs chance)."""
+        export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy vs chance), and
+        how well the base model (its GGUF from gguf_lora_adapter) reranks the same cases."""
         if (events := reuse(context, root)) is not None:
             yield from events
             return
         from mochi_pipeline.deployment.server import ModelServer
 
         rows = list(load_dataset_dict(training_dataset)["eval"])
-        server = ModelServer(modelfile_source(gguf_model, export), model_id=export.name, n_ctx=export.n_ctx)
+        servers = [ModelServer(modelfile_source(gguf_model, export), model_id=export.name, n_ctx=export.n_ctx)]
+        if gguf_lora_adapter.base_gguf_path:
+            servers.append(ModelServer(gguf_lora_adapter.base_gguf_path, model_id="base", n_ctx=export.n_ctx))
         try:
-            report = evaluate_rerank(Assistant([], ProjectConventions(), server), rows, k=export.assist_candidates,
-                                     max_cases=export.assist_max_cases, log=context.log.info)
+            tuned, *base = (Assistant([], ProjectConventions(), server) for server in servers)
+            report = evaluate_rerank(tuned, rows, k=export.assist_candidates, max_cases=export.assist_max_cases,
+                                     log=context.log.info, baseline=base[0] if base else None)
         finally:
-            server.close()
+            for server in servers:
+                server.close()
+        if not base:
+            report.base_skipped = f"no base GGUF ({gguf_lora_adapter.skipped or 'gguf_lora_adapter made none'})"
         context.log.info(report.markdown())
         metadata: dict[str, Any] = {"report": dg.MetadataValue.md(report.markdown()), "cases": report.n_cases,
                                     "candidates": report.candidates, "chance": report.chance}
@@ -200,18 +207,28 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
                                  [*(v["accuracy"] for v in report.by_task.values()), report.accuracy],
                                  "top-1 accuracy", "Rerank of held-out changes", labels=("chance", "exported model"))
             plot = atomic_write_bytes(paths.path("reports", "assist_evaluation.png"), png)
-            metadata.update({"accuracy": report.accuracy, "mrr": report.mrr,
+            metadata.update({"accuracy": report.accuracy, "mrr": report.mrr, "p_value": report.p_value,
+                             "base_accuracy": report.base_accuracy if report.base_accuracy is not None else
+                             report.base_skipped,
+                             "p_value_vs_base": report.p_value_vs_base if report.p_value_vs_base is not None else
+                             "not measured",
                              "example": dg.MetadataValue.json(report.example),
                              "plot": png_markdown(png, "rerank accuracy vs chance"),
                              "plot_png": dg.MetadataValue.path(str(plot))})
         output = dg.Output(report, data_version=dg.DataVersion(content_hash(report.model_dump_json())),
                            metadata=metadata)
-        passed = report.accuracy is None or report.accuracy > report.chance
+        # Passed only on a gain over chance that is significant (one-sided binomial p < 0.01); a check that measured
+        # nothing fails. An ERROR with a real base; the `tiny` base is known to rerank at chance, so a WARN there.
+        passed = report.p_value is not None and report.p_value < SIGNIFICANCE
+        at_chance = gguf_model.base_name in ("", "tiny")
         yield from checked(output, [dg.AssetCheckResult(
-            check_name="rerank_beats_chance", passed=passed, severity=dg.AssetCheckSeverity.WARN,
-            description=report.skipped or f"top-1 {report.accuracy:.0%} vs chance {report.chance:.0%}",
+            check_name="rerank_beats_chance", passed=passed,
+            severity=dg.AssetCheckSeverity.WARN if at_chance else dg.AssetCheckSeverity.ERROR,
+            description=report.skipped or (f"top-1 {report.accuracy:.0%} of {report.n_cases} vs chance "
+                                           f"{report.chance:.0%}, p = {report.p_value:.2g} (needs < {SIGNIFICANCE})"),
             metadata={"accuracy": report.accuracy if report.accuracy is not None else "not measured",
-                      "chance": report.chance})])
+                      "chance": report.chance, "cases": report.n_cases,
+                      "p_value": report.p_value if report.p_value is not None else "not measured"})])
 
     return dg.Definitions(
         assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation],

@@ -8,6 +8,7 @@ domain model ranks them with ``Assistant.rerank``; top-1 accuracy is compared wi
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -21,6 +22,12 @@ from mochi_pipeline.records import Record
 
 TASKS = ("commit_change", "next_block", "next_line")  # taken in turn
 MIN_CASES = 3
+SIGNIFICANCE = 0.01  # rerank_beats_chance passes on a one-sided p-value below this
+
+
+def binomial_tail(hits: int, n: int, p: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p): the one-sided p-value of ``hits`` successes in ``n`` against ``p``."""
+    return min(1.0, sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
 
 
 class RerankCase(BaseModel):
@@ -37,6 +44,13 @@ class RerankReport(Record):
     accuracy: float | None = Field(description="Share of cases where the real answer ranked first.")
     chance: float = Field(description="1/k: what picking at random scores.")
     mrr: float | None = Field(description="Mean reciprocal rank of the real answer.")
+    p_value: float | None = Field(None, description="One-sided binomial p-value of the top-1 hits against chance.")
+    base_accuracy: float | None = Field(None, description="The base model's top-1 on the same cases.")
+    base_mrr: float | None = None
+    p_value_vs_base: float | None = Field(
+        None, description="One-sided exact sign test of the cases only one of the two models got right: that the "
+        "fine-tuned model wins them more often than the base.")
+    base_skipped: str = Field("", description="Why the base model was not measured, when it was not.")
     too_long: int = Field(0, description="Cases left out: prompt and candidate longer than the model's context.")
     by_task: dict[str, dict[str, float]] = Field(default_factory=dict)
     skipped: str = Field("", description="Why there is no measurement, when there is none.")
@@ -48,9 +62,17 @@ class RerankReport(Record):
         rows = "\n".join(f"| {t} | {v['n']:.0f} | {v['accuracy']:.2f} | {v['mrr']:.2f} |" for t, v in
                          self.by_task.items())
         return (f"**Rerank on held-out changes**: the real answer ranked first in {self.accuracy:.0%} of "
-                f"{self.n_cases} cases with {self.candidates} candidates each (chance {self.chance:.0%}); "
-                f"MRR {self.mrr:.2f}{f'; {self.too_long} longer than the context left out' if self.too_long else ''}."
+                f"{self.n_cases} cases with {self.candidates} candidates each (chance {self.chance:.0%}, one-sided "
+                f"binomial p = {self.p_value:.2g}); MRR {self.mrr:.2f}"
+                f"{f'; {self.too_long} longer than the context left out' if self.too_long else ''}."
+                f" {self.base_line()}"
                 f"\n\n| task | cases | top-1 | MRR |\n|---|---:|---:|---:|\n{rows}\n")
+
+    def base_line(self) -> str:
+        if self.base_accuracy is None:
+            return f"Base model not measured: {self.base_skipped}." if self.base_skipped else ""
+        return (f"The base model, on the same cases: top-1 {self.base_accuracy:.0%}, MRR {self.base_mrr:.2f} "
+                f"(fine-tuned better than the base: one-sided sign test p = {self.p_value_vs_base:.2g}).")
 
 
 def _prompt(row: dict, model: DomainModel) -> str:
@@ -92,13 +114,27 @@ def rerank_cases(rows: list[dict], model: DomainModel, k: int, max_cases: int, s
     return in_turn[:max_cases]
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test (McNemar's, exact): P(at least ``wins`` of the ``wins + losses`` discordant cases
+    go one way when either way is as likely)."""
+    return binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0
+
+
+def _rank(assistant: Assistant, case: RerankCase) -> int:
+    ranked = assistant.rerank(case.prompt, case.candidates)
+    return next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
+
+
 def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_cases: int = 40, seed: int = 0,
-                    log: Callable[[str], None] = print) -> RerankReport:
+                    log: Callable[[str], None] = print, baseline: Assistant | None = None) -> RerankReport:
+    """Top-1 and MRR of ``assistant`` on held-out cases, and of ``baseline`` (the base model) on the same ones."""
     if assistant.model is None:
         raise ValueError("evaluate_rerank needs the domain model.")
     chance = 1.0 / k
     hits: dict[str, list[float]] = defaultdict(list)
     reciprocal: dict[str, list[float]] = defaultdict(list)
+    base_ranks: list[int] = []
+    paired: list[tuple[bool, bool]] = []  # (fine-tuned right, base right) per case
     example: dict = {}
     too_long = 0
     # Every possible case, measured until max_cases fit the model's context (a long diff may not).
@@ -107,12 +143,16 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
             break
         try:
             ranked = assistant.rerank(case.prompt, case.candidates)
+            base_rank = _rank(baseline, case) if baseline is not None else None
         except ContextLengthError:
             too_long += 1
             continue
         rank = next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
         hits[case.task].append(float(rank == 1))
         reciprocal[case.task].append(1.0 / rank)
+        if base_rank is not None:
+            base_ranks.append(base_rank)
+            paired.append((rank == 1, base_rank == 1))
         if not example:
             example = {"task": case.task, "source": case.source, "real_answer_rank": rank,
                        "scores": [{"candidate": r.candidate[:200], "score": r.score, "real": r.index == case.answer}
@@ -128,9 +168,17 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
                                     f"(at least {MIN_CASES} needed{left_out}); raise generation.eval_time_share "
                                     "or add history")
     all_rr = [r for v in reciprocal.values() for r in v]
+    base: dict = {}
+    if base_ranks:
+        wins = sum(1 for tuned, base_right in paired if tuned and not base_right)
+        losses = sum(1 for tuned, base_right in paired if base_right and not tuned)
+        base = {"base_accuracy": round(sum(r == 1 for r in base_ranks) / len(base_ranks), 4),
+                "base_mrr": round(sum(1 / r for r in base_ranks) / len(base_ranks), 4),
+                "p_value_vs_base": sign_test(wins, losses)}
     return RerankReport(
         n_cases=len(all_hits), candidates=k, chance=round(chance, 4), too_long=too_long,
         accuracy=round(sum(all_hits) / len(all_hits), 4), mrr=round(sum(all_rr) / len(all_rr), 4),
+        p_value=binomial_tail(round(sum(all_hits)), len(all_hits), chance), **base,
         by_task={t: {"n": len(hits[t]), "accuracy": round(sum(hits[t]) / len(hits[t]), 4),
                      "mrr": round(sum(reciprocal[t]) / len(reciprocal[t]), 4)} for t in hits},
         example=example,

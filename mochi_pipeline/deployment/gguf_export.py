@@ -56,6 +56,7 @@ class GGUFFile(Record):
 class GGUFExport(Record):
     directory: str = Field("", description="Folder holding the .gguf files")
     source_model: str = Field("", description="The Hugging Face model directory they were converted from")
+    base_name: str = Field("", description="training.base_model of the model they hold ('' when not known)")
     files: list[GGUFFile] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict, description="quantization → why it was not produced")
 

@@ -37,6 +37,10 @@ LOGIC_VERSION = "4"
 ACCEPTED = "accepted"  # <artifacts>/training/accepted.json
 
 
+def _ratio(tuned: float | None, base: float | None) -> float | str:
+    return round(tuned / base, 4) if tuned is not None and base else "not measured"
+
+
 def read_accepted(root: Path) -> AcceptedModel | None:
     """The last model that passed the quality gate, if its files are still there."""
     base = root / "training" / ACCEPTED
@@ -222,11 +226,16 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             "perplexity_base": overall["base"].get("perplexity"),
             "perplexity_fine_tuned": overall["fine_tuned"].get("perplexity"),
             "perplexity_replaced": overall["previous"].get("perplexity") if previous else "(no earlier model)",
+            "perplexity_ratio": _ratio(overall["fine_tuned"].get("perplexity"), overall["base"].get("perplexity")),
+            "bits_per_byte_base": overall["base"].get("bits_per_byte"),
+            "bits_per_byte_fine_tuned": overall["fine_tuned"].get("bits_per_byte"),
             "token_accuracy_base": overall["base"].get("token_accuracy"),
             "token_accuracy_fine_tuned": overall["fine_tuned"].get("token_accuracy"),
             "exact_match_base": overall["base"].get("exact_match"),
             "exact_match_fine_tuned": overall["fine_tuned"].get("exact_match"),
             "eval_examples": report["n_examples"],
+            "next_line_probes": overall["base"].get("next_line_probes"),
+            "completions_side_by_side": dg.MetadataValue.json(report["samples"]),
             "accepted": accepted_now,
             "gate": reason,
         })

@@ -1,6 +1,7 @@
 """Base vs fine-tuned (and the model it would replace) on the held-out eval split, and the quality gate.
 
-- perplexity of the expected answer given its context, per task and per language (token-weighted);
+- perplexity of the expected answer given its context, per task and per language (token-weighted),
+  and bits per byte of the same answers (the same loss per UTF-8 byte, comparable across tokenizers);
 - next-token accuracy: the share of answer tokens the model ranks first (moves long before exact
   match does at small scale);
 - next-line completion: greedy-decode one line after the code prefix; exact match and edit
@@ -56,6 +57,7 @@ class Tally:
     n: int = 0
     nll: float = 0.0
     tokens: int = 0
+    bytes: int = 0  # UTF-8 bytes of the scored answer tokens
     top1: int = 0
     probes: int = 0
     exact: int = 0
@@ -64,6 +66,10 @@ class Tally:
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / self.bytes if self.bytes else float("nan")
 
     @property
     def token_accuracy(self) -> float:
@@ -78,7 +84,8 @@ class Tally:
         return self.edit_sim / self.probes if self.probes else float("nan")
 
     def summary(self) -> dict[str, float | None]:
-        return {"n": self.n, "perplexity": _num(self.perplexity), "token_accuracy": _num(self.token_accuracy),
+        return {"n": self.n, "perplexity": _num(self.perplexity), "bits_per_byte": _num(self.bits_per_byte),
+                "token_accuracy": _num(self.token_accuracy),
                 "next_line_probes": self.probes,
                 "exact_match": _num(self.exact_match), "edit_similarity": _num(self.edit_similarity)}
 
@@ -88,11 +95,15 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 4)
 
 
+SAMPLES = 5  # held-out next-line probes shown side by side, base against fine-tuned
+
+
 @dataclass
 class ModelScores:
     overall: Tally = field(default_factory=Tally)
     by_task: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     by_language: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    completions: dict[str, str] = field(default_factory=dict)  # row id -> the model's next line
 
     def groups(self, row: dict) -> list[Tally]:
         return [self.overall, self.by_task[row["task"]], self.by_language[row.get("language") or "unknown"]]
@@ -148,15 +159,18 @@ def score(
         prompt, completion = formatter.scoring_pair(row)
         ids, start = _encode(tokenizer, prompt, completion, settings.max_seq_length)
         nll, n_tokens, top1 = completion_nll(model, ids, start) if start < len(ids) else (0.0, 0, 0)
+        n_bytes = len(tokenizer.decode(ids[start:]).encode("utf-8")) if start < len(ids) else 0
         probe = None
         if row["task"] == "next_line" and prompt:
             expected = completion.split("\n", 1)[0].rstrip()
             got = next_line(model, tokenizer, prompt, settings.eval_max_new_tokens, settings.max_seq_length).rstrip()
             probe = (got == expected, edit_similarity(got, expected))
+            scores.completions[row["id"]] = got
         for tally in scores.groups(row):
             tally.n += 1
             tally.nll += nll
             tally.tokens += n_tokens
+            tally.bytes += n_bytes
             tally.top1 += top1
             if probe is not None:
                 tally.probes += 1
@@ -208,7 +222,8 @@ def evaluate(
     tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log,
                          "fine-tuned model")
     report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "previous": None,
-              "previous_path": str(previous or ""), "n_examples": len(rows)}
+              "previous_path": str(previous or ""), "n_examples": len(rows),
+              "samples": side_by_side(rows, formatter, base_scores, tuned_scores)}
     if previous is not None:
         log(f"Scoring the model it would replace ({previous})")
         report["previous"] = score(load_tuned(base, previous, previous_method), tokenizer, formatter, rows, settings,
@@ -227,6 +242,18 @@ def evaluate(
     atomic_write_bytes(out_dir / REPORT_PNG, png)
     log(f"Perplexity base {b['perplexity']} -> fine-tuned {t['perplexity']}")
     return report
+
+
+def side_by_side(rows: list[dict], formatter: Formatter, base: ModelScores, tuned: ModelScores) -> list[dict]:
+    """A few held-out next-line probes for a person to read: the code before, the real line, both models' lines."""
+    samples = []
+    for row in rows:
+        if row["id"] in base.completions and row["id"] in tuned.completions and len(samples) < SAMPLES:
+            prompt, completion = formatter.scoring_pair(row)
+            samples.append({"path": row.get("path", ""), "before": "\n".join(prompt.splitlines()[-4:]),
+                            "expected": completion.split("\n", 1)[0].rstrip(),
+                            "base": base.completions[row["id"]], "fine_tuned": tuned.completions[row["id"]]})
+    return samples
 
 
 def gate(report: dict, tolerance: float) -> tuple[bool, str]:
@@ -254,8 +281,8 @@ def to_markdown(report: dict) -> str:
     models = [("base", report["base"]), ("tuned", report["fine_tuned"])]
     if report.get("previous"):
         models.append(("replaced", report["previous"]))
-    metrics = [("ppl", "perplexity"), ("tok acc", "token_accuracy"), ("EM", "exact_match"),
-               ("edit sim", "edit_similarity")]
+    metrics = [("ppl", "perplexity"), ("bits/byte", "bits_per_byte"), ("tok acc", "token_accuracy"),
+               ("EM", "exact_match"), ("edit sim", "edit_similarity")]
     lines = [
         f"**Held-out evaluation** ({report['n_examples']} examples; perplexity: lower is better; next-token "
         "accuracy, exact match and edit similarity of greedy next-line completion: higher is better"
@@ -275,4 +302,8 @@ def to_markdown(report: dict) -> str:
         lines.append(row(f"task: {task}", lambda s, t=task: s["by_task"].get(t)))
     for lang in report["base"]["by_language"]:
         lines.append(row(f"language: {lang}", lambda s, g=lang: s["by_language"].get(g)))
+    for sample in report.get("samples", []):
+        lines += ["", f"`{sample['path']}`, after:", "```", sample["before"], "```",
+                  *(f"- {who}: `{sample[key]}`" for who, key in (("real next line", "expected"), ("base", "base"),
+                                                                 ("fine-tuned", "fine_tuned")))]
     return "\n".join(lines) + "\n"

@@ -117,3 +117,18 @@ def test_rerank_evaluation_leaves_out_cases_longer_than_the_context(assistant, m
     report = evaluate_rerank(assistant, rows, k=3, seed=1, log=lambda _m: None)
     assert report.too_long == 1 and report.n_cases == len(lines)
     assert "longer than the context left out" in report.markdown()
+
+
+def test_rerank_evaluation_scores_the_base_on_the_same_cases(assistant, project, model):
+    """The base is measured on the very cases the fine-tuned model was: the same model as both gives the same top-1
+    and no case that only one of them got right (sign test p = 1)."""
+    rows = [{"task": "next_line", "path": f"pkg/m{i}.py", "language": "python", "id": str(i),
+             "context": f"def f{i}(name, total, items, cache, key, message):\n", "response": line}
+            for i, line in enumerate(["    return total\n", "    raise ValueError(name)\n", "    yield from items\n",
+                                      "    del cache[key]\n", "    print(message)\n"])]
+    same = evaluate_rerank(assistant, rows, k=3, seed=1, log=lambda _m: None,
+                           baseline=Assistant.from_artifacts(project / ".mochi", model))
+    assert same.base_accuracy == same.accuracy and same.base_mrr == same.mrr and same.p_value_vs_base == 1.0
+    assert "The base model, on the same cases" in same.markdown()
+    alone = evaluate_rerank(assistant, rows, k=3, seed=1, log=lambda _m: None)
+    assert alone.base_accuracy is None and alone.accuracy == same.accuracy

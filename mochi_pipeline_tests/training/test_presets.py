@@ -37,3 +37,13 @@ def test_init_template_leaves_preset_keys_to_the_preset(tmp_path):
     training = parse_config(data, tmp_path).training
     assert training.max_steps == TrainingSettings.model_fields["max_steps"].default
     assert parse_config(yaml.safe_load(render_template()), tmp_path).training.max_steps == 100
+
+
+def test_an_init_config_switched_to_a_real_base_gets_that_bases_defaults(tmp_path):
+    """Every key any preset sets stays commented in `mochi init`'s file, also those the default preset leaves alone
+    (written out, eval_during_training: 500 made each Gemma eval step score 500 examples on a CPU)."""
+    data = yaml.safe_load(render_template())
+    data["training"]["base_model"] = "gemma3-270m"
+    training = parse_config(data, tmp_path).training
+    for key, value in PRESET_DEFAULTS["gemma3-270m"].items():
+        assert getattr(training, key) == value, key

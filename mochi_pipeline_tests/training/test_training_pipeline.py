@@ -81,6 +81,11 @@ def test_fine_tuned_model_beats_base_on_held_out_split(materialized):
     assert report.fine_tuned_better
     assert set(report.metrics["base"]["by_task"]) == {"next_line", "fim_psm", "implement"}
     assert base["next_line_probes"] > 0 and tuned["edit_similarity"] is not None
+    # Bits per byte is the same loss per byte: lower with the perplexity, and below 8 bits for code a model learnt.
+    assert 0 < tuned["bits_per_byte"] < base["bits_per_byte"] and tuned["bits_per_byte"] < 8
+    samples = report.metrics["samples"]
+    assert samples and {"before", "expected", "base", "fine_tuned"} <= samples[0].keys()
+    assert f"- real next line: `{samples[0]['expected']}`" in report.markdown  # side by side for a person
     assert "| **all** |" in report.markdown and "language: python" in report.markdown
     assert (Path(report.path) / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
