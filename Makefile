@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/secrets.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/model_quality.py .
 
 lint: $(STAMP)
 	$(BIN)/ruff check mochi_pipeline mochi_pipeline_tests benchmarks

@@ -23,10 +23,13 @@ class ExportSettings(Section):
         "'_' and '-' only: it becomes a file name.",
     )
     lora_outtype: str = Field("f16", pattern="^(f32|f16|bf16|q8_0)$", description="GGUF type of the LoRA adapter.")
-    max_logit_diff_f32: float = Field(2e-4, gt=0, description="Max |logit diff| of f32 vs transformers.")
-    max_logit_diff_f16: float = Field(5e-2, gt=0, description="Max |logit diff| of f16 vs transformers.")
+    max_logit_diff_f32: float = Field(2e-4, gt=0, description="Max |logit diff| of f32 vs transformers (for "
+                                      "logits up to 5; in proportion beyond).")
+    max_logit_diff_f16: float = Field(5e-2, gt=0, description="Max |logit diff| of f16 vs transformers (for "
+                                      "logits up to 5; in proportion beyond).")
     min_top1_quantized: float = Field(
-        0.95, ge=0, le=1, description="Share of positions where q8_0 must pick transformers' top-1 token."
+        0.95, ge=0, le=1, description="Share of the decided positions (transformers' top-1 ahead by 0.5) where "
+        "q8_0 must pick transformers' top-1 token."
     )
     ollama_quantization: str = Field("q8_0", description="Which exported GGUF the Ollama Modelfile uses (FROM).")
     system_prompt: str = Field("", description="SYSTEM prompt written into the Ollama Modelfile ('' = none).")
