@@ -139,3 +139,32 @@ def test_quality_gate(report, passed, why):
 
     verdict, reason = gate(report, tolerance=0.02)
     assert verdict is passed and why in reason
+
+
+def test_a_second_training_of_the_project_waits_for_the_first(tmp_path, store_dataset, sample_repo, tiny_base):
+    """Two trainings of one project (two `mochi run`s, the schedule and the UI) never share the run folder at once:
+    while another process holds the project's training lock, fine_tuned_adapter waits; then it trains."""
+    import threading
+    import time
+
+    from mochi_pipeline.storage import file_lock
+
+    cfg = project_config(tmp_path, repo={"source": str(sample_repo)}, training={**TRAINING, "max_steps": 2})
+    store_dataset_record(cfg.artifacts_path, store_dataset)
+    runs = cfg.artifacts_path / "training" / "runs"
+    results = []
+    with file_lock(runs / ".training.lock"):  # the other training
+        worker = threading.Thread(target=lambda: results.append(materialize(cfg, ["base_model",
+                                                                                  "fine_tuned_adapter"])))
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not (cfg.artifacts_path / "assets" / "base_model.json").is_file():  # the next step is the training
+            assert time.monotonic() < deadline and worker.is_alive()
+            time.sleep(0.1)
+        time.sleep(5)  # two steps of this training take about that long, had it not waited
+        assert worker.is_alive() and not [p for p in runs.iterdir() if not p.name.startswith(".")]
+        released = time.time()
+    worker.join(300)
+    assert results and results[0].success
+    (run,) = [p for p in runs.iterdir() if (p / "final").is_dir()]
+    assert (run / "final").stat().st_mtime >= released
