@@ -197,7 +197,8 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             for server in servers:
                 server.close()
         if not base:
-            report.base_skipped = f"no base GGUF ({gguf_lora_adapter.skipped or 'gguf_lora_adapter made none'})"
+            why = f"no base GGUF ({gguf_lora_adapter.skipped or 'gguf_lora_adapter made none'})"
+            report = report.model_copy(update={"base_skipped": why})
         context.log.info(report.markdown())
         metadata: dict[str, Any] = {"report": dg.MetadataValue.md(report.markdown()), "cases": report.n_cases,
                                     "candidates": report.candidates, "chance": report.chance}

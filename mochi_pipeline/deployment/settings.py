@@ -28,8 +28,8 @@ class ExportSettings(Section):
     max_logit_diff_f16: float = Field(5e-2, gt=0, description="Max |logit diff| of f16 vs transformers (for "
                                       "logits up to 5; in proportion beyond).")
     min_top1_quantized: float = Field(
-        0.95, ge=0, le=1, description="Share of the decided positions (transformers' top-1 ahead by 0.5) where "
-        "q8_0 must pick transformers' top-1 token."
+        0.95, ge=0, le=1, description="Share of positions where q8_0 must pick transformers' top-1 token (or one "
+        "transformers scores within 1% of the logit scale of it: a near-tie)."
     )
     ollama_quantization: str = Field("q8_0", description="Which exported GGUF the Ollama Modelfile uses (FROM).")
     system_prompt: str = Field("", description="SYSTEM prompt written into the Ollama Modelfile ('' = none).")
