@@ -120,8 +120,7 @@ def sign_test(wins: int, losses: int) -> float:
     return binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0
 
 
-def _rank(assistant: Assistant, case: RerankCase) -> int:
-    ranked = assistant.rerank(case.prompt, case.candidates)
+def _answer_rank(ranked: list, case: RerankCase) -> int:
     return next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
 
 
@@ -133,8 +132,7 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
     chance = 1.0 / k
     hits: dict[str, list[float]] = defaultdict(list)
     reciprocal: dict[str, list[float]] = defaultdict(list)
-    base_ranks: list[int] = []
-    paired: list[tuple[bool, bool]] = []  # (fine-tuned right, base right) per case
+    pairs: list[tuple[int, int]] = []  # (fine-tuned rank, base rank) of the real answer, per case
     example: dict = {}
     too_long = 0
     # Every possible case, measured until max_cases fit the model's context (a long diff may not).
@@ -143,16 +141,15 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
             break
         try:
             ranked = assistant.rerank(case.prompt, case.candidates)
-            base_rank = _rank(baseline, case) if baseline is not None else None
+            base_ranked = baseline.rerank(case.prompt, case.candidates) if baseline is not None else None
         except ContextLengthError:
             too_long += 1
             continue
-        rank = next(pos for pos, r in enumerate(ranked, 1) if r.index == case.answer)
+        rank = _answer_rank(ranked, case)
         hits[case.task].append(float(rank == 1))
         reciprocal[case.task].append(1.0 / rank)
-        if base_rank is not None:
-            base_ranks.append(base_rank)
-            paired.append((rank == 1, base_rank == 1))
+        if base_ranked is not None:
+            pairs.append((rank, _answer_rank(base_ranked, case)))
         if not example:
             example = {"task": case.task, "source": case.source, "real_answer_rank": rank,
                        "scores": [{"candidate": r.candidate[:200], "score": r.score, "real": r.index == case.answer}
@@ -169,11 +166,11 @@ def evaluate_rerank(assistant: Assistant, rows: list[dict], k: int = 4, max_case
                                     "or add history")
     all_rr = [r for v in reciprocal.values() for r in v]
     base: dict = {}
-    if base_ranks:
-        wins = sum(1 for tuned, base_right in paired if tuned and not base_right)
-        losses = sum(1 for tuned, base_right in paired if base_right and not tuned)
-        base = {"base_accuracy": round(sum(r == 1 for r in base_ranks) / len(base_ranks), 4),
-                "base_mrr": round(sum(1 / r for r in base_ranks) / len(base_ranks), 4),
+    if pairs:
+        wins = sum(1 for tuned, base_rank in pairs if tuned == 1 < base_rank)
+        losses = sum(1 for tuned, base_rank in pairs if base_rank == 1 < tuned)
+        base = {"base_accuracy": round(sum(b == 1 for _, b in pairs) / len(pairs), 4),
+                "base_mrr": round(sum(1 / b for _, b in pairs) / len(pairs), 4),
                 "p_value_vs_base": sign_test(wins, losses)}
     return RerankReport(
         n_cases=len(all_hits), candidates=k, chance=round(chance, 4), too_long=too_long,
