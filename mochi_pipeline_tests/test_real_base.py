@@ -68,6 +68,7 @@ def test_the_modelfile_and_the_server_speak_gemma(gemma_project):
     server = ModelServer(gguf, model_id="gemma", n_ctx=512, parallel=2)
     try:
         assert server.chat_stops == ["<end_of_turn>"]
+        assert server.llm.metadata.get("gemma3.context_length") == "32768"  # llama.cpp knows the training context
         assert server.fim_template() is not None  # llama.cpp found the FIM tokens in the GGUF
         with Running(create_app(server)) as url, httpx.Client(base_url=url, timeout=300) as client:
             chat = client.post("/v1/chat/completions", json={
