@@ -10,6 +10,9 @@ Each request samples on its own (greedy at temperature 0, else temperature / top
 from its own generator seeded by the request), so its text does not depend on what else runs.
 Scoring requests (per-token log-probabilities of a continuation) ride the same batches. Each slot
 has its own ``n_ctx`` cells of the KV cache (not ``kv_unified``), which a request never exceeds.
+A finished request leaves its prompt in its slot's cache: the next request goes to the free slot
+sharing the longest prefix with it and reads only the rest (as llama.cpp's server ``cache_prompt``),
+so ranking k candidates after one prompt reads that prompt once, not k times.
 
 A request is a ``Stream``: iterate it (or ``await stream.next()`` in an event loop) for text pieces
 and then one ``Generation``; ``cancel()`` (or closing the iterator) ends it and frees its slot at the
@@ -216,8 +219,10 @@ class BatchEngine:
         self._llama_cpp = llama_cpp
         self.waiting: queue.Queue[_Job | None] = queue.Queue()
         self.active: dict[int, _Job] = {}
+        self.cached: dict[int, list[int]] = {}  # free slot -> the tokens its KV cells hold (positions 0..n-1)
         # what the scheduler did, for tests and the benchmark
-        self.stats = {"decode_calls": 0, "most_sequences_in_a_decode": 0, "cancelled": 0, "finished": 0}
+        self.stats = {"decode_calls": 0, "most_sequences_in_a_decode": 0, "cancelled": 0, "finished": 0,
+                      "prompt_tokens_reused": 0}
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="mochi-batch-engine", daemon=True)
         self.thread.start()
@@ -316,9 +321,23 @@ class BatchEngine:
             if job.cancelled.is_set():
                 self._end_cancelled(job)
                 continue
-            slot = next(s for s in range(self.slots) if s not in self.active)
+            self._place(job)
+
+    def _place(self, job: _Job) -> None:
+        """Put ``job`` in the free slot whose cached tokens share the longest prefix with it, keeping that prefix.
+        At least the last position before the first needed logits is read again (its logits are not kept)."""
+        usable = (job.score_from if job.score_from >= 0 else len(job.tokens)) - 1
+        free = [s for s in range(self.slots) if s not in self.active]
+        shared = {s: _common_prefix(self.cached.get(s, ()), job.tokens, usable) for s in free}
+        slot = max(free, key=lambda s: (shared[s], -s))
+        keep = shared[slot]
+        self.cached.pop(slot, None)
+        if not (keep and self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, keep, -1)):
+            keep = 0  # nothing shared, or a cache that cannot drop a tail: start the slot afresh
             self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
-            self.active[slot] = job
+        job.fed = keep
+        self.stats["prompt_tokens_reused"] += keep
+        self.active[slot] = job
 
     def _loop(self) -> None:
         try:
@@ -336,7 +355,7 @@ class BatchEngine:
                 except Exception as err:  # a failed decode fails its requests, not the server
                     for slot, job in list(self.active.items()):
                         self._event(job, ("error", RuntimeError(f"llama.cpp decode failed: {err}")))
-                        self._release(slot)
+                        self._release(slot, keep=False)
         finally:
             gone = EngineClosed("The model server is shutting down.")
             for slot, job in list(self.active.items()):
@@ -451,9 +470,22 @@ class BatchEngine:
             self.stats["cancelled"] += 1
         self._event(job, ("cancelled", None))
 
-    def _release(self, slot: int) -> None:
-        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, -1, -1)
-        del self.active[slot]
+    def _release(self, slot: int, keep: bool = True) -> None:
+        """Free ``slot``; with ``keep``, its cells keep the request's prompt tokens that were read."""
+        job = self.active[slot]
+        read = min(job.fed, len(job.tokens)) if keep else 0
+        self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot, read, -1)
+        if read:
+            self.cached[slot] = job.tokens[:read]
+        del self.active[slot]  # last: a slot seen free holds only its cached prompt
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return max(n, 0)
 
 
 def _logsumexp(x: np.ndarray) -> float:

@@ -40,9 +40,11 @@ def _wait_idle(server: ModelServer, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
-def _kv_is_empty(server: ModelServer) -> bool:
-    memory = server.engine.ctx.memory
-    return all(llama_cpp.llama_memory_seq_pos_max(memory, s) == -1 for s in range(server.engine.slots))
+def _kv_holds_only_prompts(server: ModelServer) -> bool:
+    """Every free slot's cells hold the prompt it keeps for reuse and nothing more (no generated tokens)."""
+    memory, engine = server.engine.ctx.memory, server.engine
+    return all(llama_cpp.llama_memory_seq_pos_max(memory, s) == len(engine.cached.get(s, ())) - 1
+               for s in range(engine.slots))
 
 
 @pytest.mark.parametrize("which", ["base", "random"])
@@ -68,7 +70,7 @@ def test_concurrent_requests_get_what_each_would_get_alone(which, model, exporte
         assert len(set(sampled)) > 1  # eight different requests, not one answer copied
         assert 2 <= server.engine.stats["most_sequences_in_a_decode"] <= server.engine.slots
         _wait_idle(server)
-        assert _kv_is_empty(server)
+        assert _kv_holds_only_prompts(server)
     finally:
         if server is not model:
             server.close()
@@ -148,12 +150,12 @@ def test_a_client_that_goes_away_frees_its_slot(model):
                            json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1})
             _wait_idle(server)
             assert server.engine.stats["cancelled"] == 2 and server.engine.stats["finished"] == 0
-            assert _kv_is_empty(server)
+            assert _kv_holds_only_prompts(server)
         pieces = iter(server.generate("x", Sampling(max_tokens=8000)))
         assert isinstance(next(pieces), str)
         pieces.close()  # a Python caller that stops iterating frees the slot too
         _wait_idle(server)
-        assert server.engine.stats["cancelled"] == 3 and _kv_is_empty(server)
+        assert server.engine.stats["cancelled"] == 3 and _kv_holds_only_prompts(server)
     finally:
         server.close()
 
@@ -211,6 +213,43 @@ def test_score_many_is_each_score_decoded_together(random_f32):
         random_f32.score(prompt, "")
 
 
+def _llama_logprobs(path: Path, ids: list[int], tail: list[int], **extra) -> list[float]:
+    """llama.cpp's own one-sequence evaluation of ``ids + tail``: the log-probability of each of ``tail``."""
+    from mochi_pipeline.deployment.gguf_verify import load_llama
+
+    reference = load_llama(path, n_ctx=len(ids) + len(tail) + 8, logits_all=True, **extra)
+    try:
+        reference.eval([*ids, *tail])
+        logits = np.array(reference.scores[: len(ids) + len(tail)], dtype=np.float64)
+    finally:
+        reference.close()
+    top = logits.max(1, keepdims=True)
+    logprobs = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    return [logprobs[len(ids) + i - 1, t] for i, t in enumerate(tail)]
+
+
+def test_a_prompt_read_once_serves_every_candidate(random_f32):
+    """Ranking candidates after one prompt reads the prompt once: later requests reuse the cells a finished one
+    left in its slot, and score exactly what a fresh evaluation of the whole text scores."""
+    prompt = "".join(f"def step_{i}(state):\n    return state + {i}\n\n" for i in range(6))
+    candidates = ["def step_6(state):\n", "class Step:\n", "def step_6(s):\n", "import os\n"]
+    head = random_f32.tokenize(prompt)
+    got, reused = [], []
+    for candidate in candidates:
+        before = random_f32.engine.stats["prompt_tokens_reused"]
+        got.append(random_f32.score(prompt, candidate))
+        reused.append(random_f32.engine.stats["prompt_tokens_reused"] - before)
+    # the first candidate reads the prompt (at most a word of it is left from earlier tests); the other three reuse
+    # all of it but its last token, whose logits score their first token
+    assert reused[0] < 5 and reused[1:] == [len(head) - 1] * 3
+    for candidate, scores in zip(candidates, got, strict=True):
+        tail = random_f32.tokenize(candidate, bos=False)
+        expected = _llama_logprobs(random_f32.model_path, head, tail)
+        assert np.allclose([lp for _, lp in scores], expected, atol=1e-3), candidate
+    _wait_idle(random_f32)
+    assert _kv_holds_only_prompts(random_f32)
+
+
 def test_a_lora_adapter_is_applied_in_the_batch_context(lora_exported):
     """`serve(lora_path=...)`: the engine's own context carries the adapter, as llama.cpp's Llama does."""
     from mochi_pipeline.deployment.gguf_verify import load_llama
@@ -227,14 +266,6 @@ def test_a_lora_adapter_is_applied_in_the_batch_context(lora_exported):
             tail = server.tokenize(continuation, bos=False)
         finally:
             server.close()
-        reference = load_llama(Path(lora.base_gguf_path), n_ctx=64, logits_all=True, **extra)
-        try:
-            reference.eval([*ids, *tail])
-            logits = np.array(reference.scores[: len(ids) + len(tail)], dtype=np.float64)
-        finally:
-            reference.close()
-        logprobs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(
-            1, keepdims=True)
-        expected = [logprobs[len(ids) + i - 1, t] for i, t in enumerate(tail)]
+        expected = _llama_logprobs(Path(lora.base_gguf_path), ids, tail, **extra)
         assert np.allclose(scores[name], expected, atol=1e-3), name
     assert not np.allclose(scores["base"], scores["lora"], atol=1e-3)  # the adapter changes the model
