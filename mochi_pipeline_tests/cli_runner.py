@@ -10,12 +10,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+from mochi_pipeline_tests.training.store_project import TINY_BASE
 
 # `training:` of a test project's mochi.yaml: a full fine-tune, since on the 20-step test base a few LoRA steps move
 # held-out perplexity too little for a quality gate to tell from noise (the LoRA path has its own tests). Every
 # step's loss is logged, so training_loss_decreased compares the first step with the last.
-PROJECT_TRAINING = {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
+PROJECT_TRAINING = {**TINY_BASE, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
                     "logging_steps": 1, "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4,
                     "eval_max_examples": 16, "eval_max_new_tokens": 8}
 

@@ -19,7 +19,7 @@ from mochi_pipeline_tests.materialize import DATA_ASSETS as DATA
 from mochi_pipeline_tests.materialize import materialize, project_config
 from mochi_pipeline_tests.repo_factory import commit, git
 from mochi_pipeline_tests.sensor_ticks import sensor_tick
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+from mochi_pipeline_tests.training.store_project import TINY_BASE
 
 # Fed by the trackers and CI systems, not by the repository.
 TRACKER_SIDE = {"issue_threads", "ci_failures", "clean_issue_threads", "clean_ci_failures"}
@@ -103,7 +103,7 @@ def test_data_assets_follow_a_new_commit_once_each_and_rest_otherwise(repo, tmp_
 
 def test_training_follows_a_changed_dataset_at_most_once_per_night(repo, tmp_path):
     cfg = project_config(tmp_path, repo={"source": str(repo)},
-                         training={"tiny_pretrain_steps": TEST_TINY_STEPS},
+                         training=TINY_BASE,
                          automation={"retrain_cron": "0 3 * * *", "timezone": "UTC"})
     defs = build_defs(cfg)
     instance = dg.DagsterInstance.ephemeral()

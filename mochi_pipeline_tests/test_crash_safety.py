@@ -19,7 +19,7 @@ import yaml
 from mochi_pipeline.io_manager import read_asset_file
 from mochi_pipeline_tests.cli_runner import mochi
 from mochi_pipeline_tests.repo_factory import commit
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+from mochi_pipeline_tests.training.store_project import TINY_BASE
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_killed_while_chunking(repo):
 def test_killed_while_training_then_merging_then_exporting(repo):
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3},
-        "training": {"tiny_pretrain_steps": TEST_TINY_STEPS, "method": "full", "learning_rate": 3e-3,
+        "training": {**TINY_BASE, "method": "full", "learning_rate": 3e-3,
                      "max_steps": 40, "save_steps": 5, "eval_steps": 5, "max_seq_length": 128, "batch_size": 4,
                      "eval_max_examples": 8, "eval_max_new_tokens": 4, "early_stopping_patience": 0},
         "export": {"quantizations": ["f16", "q8_0"]},

@@ -28,6 +28,7 @@ from mochi_pipeline.training.artifacts import (
     MergedModel,
 )
 from mochi_pipeline.training.base_models import BaseModelError, resolve_base
+from mochi_pipeline.training.packaged_bases import PACKAGED
 from mochi_pipeline.training.settings import TrainingSettings
 from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dataset_dict
 from mochi_pipeline.training.tiny_base import pretrain_report, tiny_base_key
@@ -57,8 +58,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
 
     base_settings = training.signature("base_model", "tiny_pretrain_steps")
 
-    # A hub model is downloaded (a network call); the offline `tiny` is built locally.
-    hub = training.base_model != "tiny" and not Path(training.base_model).expanduser().is_dir()
+    # A hub model is downloaded (a network call); the offline presets are built or converted locally.
+    hub = training.base_model not in ("tiny", *PACKAGED) and not Path(training.base_model).expanduser().is_dir()
 
     @dg.asset(group_name=GROUP, kinds={"pytorch", "huggingface"},
               code_version=f"{LOGIC_VERSION}-tiny{tiny_base_key(training.tiny_pretrain_steps)}-{base_settings}",

@@ -39,8 +39,9 @@ EVAL_ONLY = ("eval_max_examples", "eval_max_new_tokens", "quality_gate", "gate_t
 
 class TrainingSettings(Section):
     base_model: str = Field(
-        "tiny",
-        description="Preset name (tiny, qwen2.5-coder-0.5b, phi-3-mini, ...), Hugging Face id or local path.",
+        "gemma3-270m",
+        description="Preset name (gemma3-270m, smollm2-135m-instruct and tiny work offline; qwen2.5-coder-0.5b, "
+        "phi-3-mini, ... come from the Hugging Face hub), Hugging Face id or local path.",
     )
     method: str = Field(
         "lora", pattern="^(lora|qlora|full)$",

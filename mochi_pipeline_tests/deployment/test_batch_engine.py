@@ -252,7 +252,6 @@ def test_a_prompt_read_once_serves_every_candidate(random_f32):
 
 def test_a_lora_adapter_is_applied_in_the_batch_context(lora_exported):
     """`serve(lora_path=...)`: the engine's own context carries the adapter, as llama.cpp's Llama does."""
-    from mochi_pipeline.deployment.gguf_verify import load_llama
 
     _, values = lora_exported
     lora = values["gguf_lora_adapter"]

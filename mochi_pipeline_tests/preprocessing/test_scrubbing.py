@@ -14,7 +14,7 @@ from mochi_pipeline.preprocessing.settings import FilterSettings, ScrubSettings
 from mochi_pipeline.records import SourceFile
 from mochi_pipeline_tests.materialize import DATA_ASSETS, materialize, project_config
 from mochi_pipeline_tests.planted_secrets import plant, values
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+from mochi_pipeline_tests.training.store_project import TINY_BASE
 
 # Raw copies of the repository as read; everything mochi learns from comes after clean_files/clean_commits.
 RAW = {"source_files.jsonl", "commit_history.jsonl"}
@@ -130,7 +130,7 @@ def test_planted_secrets_never_reach_a_dataset_or_a_log(sample_repo, tmp_path):
 
 def test_a_leak_in_the_final_texts_blocks_training(sample_repo, tmp_path):
     # The test budget of the tiny base (built once a session, cached): base_model runs beside the blocked step.
-    cfg = project_config(tmp_path, repo={"source": str(sample_repo)}, training={"tiny_pretrain_steps": TEST_TINY_STEPS})
+    cfg = project_config(tmp_path, repo={"source": str(sample_repo)}, training=TINY_BASE)
     # A Q&A reply cached from a model that wrote a key into its answer.
     qa_cache = cfg.artifacts_path / "cache" / "qa"
     qa_cache.mkdir(parents=True)

@@ -12,6 +12,8 @@ from mochi_pipeline.training.settings import TrainingSettings
 
 # Pre-training budget of the tiny base in tests: enough to leave random init, small enough for CI.
 TEST_TINY_STEPS = 20
+# The `training:` keys that pin a test to the tiny base (mochi's default is the real, slower gemma3-270m).
+TINY_BASE = {"base_model": "tiny", "tiny_pretrain_steps": TEST_TINY_STEPS}
 
 # A small "project": a store service whose code follows house conventions a generic model cannot know.
 ENTITIES = [
@@ -89,7 +91,7 @@ def fast_settings(**overrides) -> TrainingSettings:
     # LoRA unless a test says otherwise: the tiny preset's own default is a full fine-tune.
     knobs = dict(method="lora", max_steps=8, max_seq_length=192, batch_size=4, learning_rate=3e-3, lora_rank=8,
                  lora_alpha=16, lora_dropout=0.0, eval_steps=4, save_steps=4, logging_steps=1, warmup_ratio=0.0,
-                 lr_scheduler="constant", tiny_pretrain_steps=TEST_TINY_STEPS, eval_max_examples=40,
+                 lr_scheduler="constant", **TINY_BASE, eval_max_examples=40,
                  eval_max_new_tokens=24)
     knobs.update(overrides)
     return TrainingSettings(**knobs)

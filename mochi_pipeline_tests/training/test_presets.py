@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from mochi_pipeline.config import parse_config
@@ -31,19 +32,22 @@ def test_preset_defaults_name_real_presets_and_real_keys():
 
 
 def test_init_template_leaves_preset_keys_to_the_preset(tmp_path):
-    """`mochi init` must not pin tiny's values: switching base_model later gets that model's defaults."""
+    """`mochi init` must not pin the default base's values: switching base_model later gets that model's
+    defaults."""
     data = yaml.safe_load(render_template())
+    assert data["training"]["base_model"] == "gemma3-270m"
+    assert parse_config(data, tmp_path).training.max_steps == PRESET_DEFAULTS["gemma3-270m"]["max_steps"]
     data["training"]["base_model"] = "qwen2.5-coder-0.5b"
     training = parse_config(data, tmp_path).training
     assert training.max_steps == TrainingSettings.model_fields["max_steps"].default
-    assert parse_config(yaml.safe_load(render_template()), tmp_path).training.max_steps == 100
 
 
-def test_an_init_config_switched_to_a_real_base_gets_that_bases_defaults(tmp_path):
+@pytest.mark.parametrize("base", ["tiny", "smollm2-135m-instruct"])
+def test_an_init_config_switched_to_another_offline_base_gets_that_bases_defaults(tmp_path, base):
     """Every key any preset sets stays commented in `mochi init`'s file, also those the default preset leaves alone
     (written out, eval_during_training: 500 made each Gemma eval step score 500 examples on a CPU)."""
     data = yaml.safe_load(render_template())
-    data["training"]["base_model"] = "gemma3-270m"
+    data["training"]["base_model"] = base
     training = parse_config(data, tmp_path).training
-    for key, value in PRESET_DEFAULTS["gemma3-270m"].items():
+    for key, value in PRESET_DEFAULTS[base].items():
         assert getattr(training, key) == value, key

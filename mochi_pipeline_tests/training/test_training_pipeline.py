@@ -20,13 +20,13 @@ from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifa
 from mochi_pipeline.io_manager import read_asset_file, write_asset_file
 from mochi_pipeline.training.evaluation import edit_similarity
 from mochi_pipeline_tests.materialize import materialize, project_config
-from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+from mochi_pipeline_tests.training.store_project import TINY_BASE
 
 pytestmark = pytest.mark.slow
 
 TRAINING = dict(method="lora", max_steps=10, max_seq_length=192, batch_size=4, learning_rate=1e-2, lora_rank=8,
                 lora_alpha=16, lora_dropout=0.0, eval_steps=5, save_steps=5, logging_steps=1, warmup_ratio=0.0,
-                lr_scheduler="constant", tiny_pretrain_steps=TEST_TINY_STEPS, eval_max_examples=24,
+                lr_scheduler="constant", **TINY_BASE, eval_max_examples=24,
                 eval_max_new_tokens=16)
 
 
