@@ -8,7 +8,7 @@ from mochi_pipeline.config import MochiConfig
 from mochi_pipeline.ingestion.git_urls import redact
 
 # Metadata too long for a terminal line (tables, images) is shown only for these assets.
-FULL_TEXT_ASSETS = {"evaluation_report", "assist_evaluation"}
+FULL_TEXT_ASSETS = {"evaluation_report", "assist_evaluation", "completion_evaluation"}
 # A partitioned asset (code_chunks) is summed over its partitions' latest materializations.
 PARTITION_TOTALS = ("chunks", "files")
 

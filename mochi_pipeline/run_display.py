@@ -91,6 +91,9 @@ FIGURES: dict[str, Any] = {
     "gguf_lora_adapter": lambda v: f"skipped: {v['skipped']}" if v.get("skipped") else "",
     "assist_evaluation": lambda v: f"rerank top-1 {_fmt_value(v.get('accuracy'))} "
                                    f"(chance {_fmt_value(v.get('chance'))})",
+    "completion_evaluation": lambda v: f"next-line exact match base {_fmt_value(v.get('next_line_base_exact_match'))} "
+                                       f"-> fine-tuned {_fmt_value(v.get('next_line_exact_match'))} "
+                                       f"({v.get('next_line_cases', 0)} cases)",
     "project_conventions": lambda v: f"{len(v.get('languages') or {})} languages",
 }
 

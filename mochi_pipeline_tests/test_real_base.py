@@ -37,7 +37,7 @@ def gemma_project(sample_repo, tmp_path_factory):
     (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
         "generation": {"eval_time_share": 0.3}, "training": GEMMA_TRAINING,
-        "export": {"quantizations": ["f16", "q8_0"], "assist_max_cases": 16},
+        "export": {"quantizations": ["f16", "q8_0"], "assist_max_cases": 16, "completion_max_cases": 12},
     }))
     commit(repo, "Add the mochi config", "2024-06-06T10:00:00+00:00", {})
     run = mochi(repo, "run", check=False, timeout=1800)
@@ -53,6 +53,10 @@ def test_the_real_base_fine_tunes_below_its_base_and_reranks_above_chance(gemma_
     assert tuned["bits_per_byte"] < base["bits_per_byte"]
     rerank = read_asset_file(art / "assist_evaluation.json")
     assert rerank.n_cases >= 8 and rerank.accuracy > rerank.chance, rerank.markdown()
+    completion = read_asset_file(art / "completion_evaluation.json")
+    for task in ("next_line", "fim"):  # both measured on the exported model and its base, FIM through /infill
+        score = completion.score(task)
+        assert score is not None and score.n >= 3 and score.base_exact_match is not None, completion.markdown()
     checks = check_results(repo)
     assert checks["gguf_model:gguf_matches_transformers"]  # llama.cpp runs the Gemma GGUFs like transformers
     assert checks["evaluation_report:quality_gate"]

@@ -4,8 +4,9 @@
 model as GGUF files (one per quantization), checked against transformers by
 ``gguf_matches_transformers``; ``gguf_lora_adapter``: the adapter alone as a GGUF LoRA plus the
 base it applies to; ``ollama_modelfile``: ready for ``ollama create``; ``assist_evaluation``: how
-well the exported model reranks held-out changes (assist.py). Only a model that passed the quality
-gate reaches them; otherwise the files exported before stay as they are.
+well the exported model reranks held-out changes (assist.py); ``completion_evaluation``: how well it
+completes held-out lines and middles (completion_eval.py), each next to the base model. Only a
+model that passed the quality gate reaches them; otherwise the files exported before stay as they are.
 """
 
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from mochi_pipeline.training.plots import comparison_png
 from mochi_pipeline.training.sft_data import load_dataset_dict
 
 GROUP = "deployment"
-LOGIC_VERSION = "2"
+LOGIC_VERSION = "3"
 GGUF_DIR = "gguf"
 
 
@@ -231,7 +232,54 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
                       "chance": report.chance, "cases": report.n_cases,
                       "p_value": report.p_value if report.p_value is not None else "not measured"})])
 
+    @dg.asset(group_name=GROUP, kinds={"llamacpp"},
+              code_version=f"{LOGIC_VERSION}-{export.signature('completion_max_cases')}")
+    def completion_evaluation(context: dg.AssetExecutionContext, gguf_model: GGUFExport,
+                              gguf_lora_adapter: GGUFLoraAdapter,
+                              training_dataset: TrainingDatasetArtifact) -> Iterator:
+        """How well the exported model completes held-out code as `mochi serve` does (greedy, llama.cpp): the next
+        line after the code before it, and the middle between a prefix and a suffix (/infill), exact match and edit
+        similarity next to the base model's (its GGUF from gguf_lora_adapter) on the same cases."""
+        if (events := reuse(context, root)) is not None:
+            yield from events
+            return
+        from mochi_pipeline.deployment.completion_eval import CONTEXT, evaluate_completion
+        from mochi_pipeline.deployment.server import ModelServer
+
+        rows = list(load_dataset_dict(training_dataset)["eval"])
+        tuned = ModelServer(modelfile_source(gguf_model, export), model_id=export.name, n_ctx=CONTEXT)
+        base = (ModelServer(gguf_lora_adapter.base_gguf_path, model_id="base", n_ctx=CONTEXT)
+                if gguf_lora_adapter.base_gguf_path else None)
+        try:
+            report = evaluate_completion(tuned, rows, base, max_cases=export.completion_max_cases,
+                                         log=context.log.info)
+        finally:
+            for server in (tuned, base):
+                if server is not None:
+                    server.close()
+        if base is None:
+            why = f"no base GGUF ({gguf_lora_adapter.skipped or 'gguf_lora_adapter made none'})"
+            report = report.model_copy(update={"base_skipped": why})
+        context.log.info(report.markdown())
+        metadata: dict[str, Any] = {"report": dg.MetadataValue.md(report.markdown()),
+                                    "completions_side_by_side": dg.MetadataValue.json(report.samples)}
+        for s in report.scores:
+            metadata.update({f"{s.task}_cases": s.n, f"{s.task}_exact_match": s.exact_match,
+                             f"{s.task}_base_exact_match": s.base_exact_match if s.base_exact_match is not None
+                             else "not measured",
+                             f"{s.task}_edit_similarity": s.edit_similarity})
+        if report.scores and base is not None:
+            tasks = [s.task for s in report.scores]
+            png = comparison_png(tasks, [s.base_exact_match or 0.0 for s in report.scores],
+                                 [s.exact_match for s in report.scores], "exact match",
+                                 "Completion of held-out code", labels=("base", "exported model"))
+            plot = atomic_write_bytes(paths.path("reports", "completion_evaluation.png"), png)
+            metadata.update({"plot": png_markdown(png, "exact match, base vs fine-tuned"),
+                             "plot_png": dg.MetadataValue.path(str(plot))})
+        yield dg.Output(report, data_version=dg.DataVersion(content_hash(report.model_dump_json())),
+                        metadata=metadata)
+
     return dg.Definitions(
-        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation],
+        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation, completion_evaluation],
         asset_checks=[gguf_matches_transformers],
     )

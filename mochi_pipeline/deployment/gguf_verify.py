@@ -126,7 +126,9 @@ class Reference:
         import torch
 
         self.prompts = prompts
-        self.token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        # As the model reads text: with BOS where its tokenizer adds one (Gemma without it is far out of
+        # distribution: its logits at the first positions run to the hundreds and quantization flips them).
+        self.token_ids = [tokenizer(p)["input_ids"] for p in prompts]
         with torch.no_grad(), llama_cpp_gelu(model):
             self.logits = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in self.token_ids]
         self.chat_template = tokenizer.chat_template
@@ -168,7 +170,7 @@ def verify_gguf(reference: Reference, gguf_path: Path, quantization: str,
         diffs: list[float] = []
         agree = positions = 0
         for text, ids, ref_logits in zip(reference.prompts, reference.token_ids, reference.logits, strict=True):
-            if llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) != ids:
+            if llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) != ids:
                 tokens_identical = False
             llm.reset()
             llm.eval(ids)

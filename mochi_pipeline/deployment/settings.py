@@ -44,6 +44,10 @@ class ExportSettings(Section):
         "other commits); chance is 1/k.",
     )
     assist_max_cases: int = Field(40, ge=1, description="assist_evaluation: held-out cases reranked (seeded sample).")
+    completion_max_cases: int = Field(
+        120, ge=1, description="completion_evaluation: held-out cases per task (next line, fill-in-the-middle), "
+        "a seeded sample.",
+    )
     host: str = Field("127.0.0.1", description="Address `mochi serve` listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port `mochi serve` listens on.")
     n_ctx: int = Field(0, ge=0, description="Context length of the served model; 0 = the model's training context.")

@@ -34,7 +34,7 @@ from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dat
 from mochi_pipeline.training.tiny_base import pretrain_report, tiny_base_key
 
 GROUP = "training"
-LOGIC_VERSION = "4"
+LOGIC_VERSION = "5"
 ACCEPTED = "accepted"  # <artifacts>/training/accepted.json
 
 
@@ -203,7 +203,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         try:
             report = evaluation.evaluate(
                 load_dataset_dict(training_dataset), base_model.resolved(), final, fine_tuned_adapter.method,
-                training, out_dir, log=step_log(context),
+                training, out_dir, log=step_log(context), cache_dir=runs_dir.parent / "base_scores",
                 previous=Path(previous.adapter_path) if previous else None,
                 previous_method=previous.method if previous else "",
             )

@@ -7,11 +7,15 @@
 - next-line completion: greedy-decode one line after the code prefix; exact match and edit
   similarity (1 - Levenshtein distance / longer length) against the real next line.
 The report is a markdown table plus a PNG; the numbers are kept as JSON for asset checks.
-``gate`` decides whether the fine-tuned model may replace what is exported.
+``gate`` decides whether the fine-tuned model may replace what is exported. The base model's scores
+are kept in ``cache_dir`` under a key of everything they depend on (the base's files, the tokenizer,
+the rows, the settings that shape scoring), so a retraining on an unchanged eval split scores only
+the new model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -25,16 +29,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mochi_pipeline.progress import Progress
-from mochi_pipeline.storage import atomic_write_bytes, atomic_write_text
+from mochi_pipeline.storage import atomic_write_bytes, atomic_write_text, content_hash
 from mochi_pipeline.training import base_models
 from mochi_pipeline.training.base_models import ResolvedBase
 from mochi_pipeline.training.plots import comparison_png
 from mochi_pipeline.training.settings import TrainingSettings
-from mochi_pipeline.training.sft_data import Formatter, encode_pair, fit_to_length
+from mochi_pipeline.training.sft_data import Formatter, encode_pair, fit_to_length, leading_bos
 
 REPORT_MD = "evaluation.md"
 REPORT_PNG = "evaluation.png"
 REPORT_JSON = "evaluation.json"
+BASE_SCORES_VERSION = "1"  # bump when scoring changes what it measures
 
 
 def edit_similarity(a: str, b: str) -> float:
@@ -108,6 +113,17 @@ class ModelScores:
     def groups(self, row: dict) -> list[Tally]:
         return [self.overall, self.by_task[row["task"]], self.by_language[row.get("language") or "unknown"]]
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelScores:
+        d = json.loads(text)
+        return cls(overall=Tally(**d["overall"]),
+                   by_task=defaultdict(Tally, {k: Tally(**v) for k, v in d["by_task"].items()}),
+                   by_language=defaultdict(Tally, {k: Tally(**v) for k, v in d["by_language"].items()}),
+                   completions=d["completions"])
+
     def summary(self) -> dict:
         return {
             "overall": self.overall.summary(),
@@ -119,7 +135,7 @@ class ModelScores:
 def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_len: int) -> tuple[list[int], int]:
     """Token ids of prompt+completion cut to max_len and where the completion starts: the same ids, split
     at the same seam and cut the same way, as training (``encode_pair``, ``fit_to_length``)."""
-    ids, start = fit_to_length(*encode_pair(tokenizer, prompt, completion), max_len)
+    ids, start = fit_to_length(*encode_pair(tokenizer, prompt, completion), max_len, len(leading_bos(tokenizer)))
     return ids, max(1, start)  # the first id has nothing before it to be predicted from
 
 
@@ -201,13 +217,33 @@ def load_tuned(base: ResolvedBase, model_dir: Path, method: str) -> PreTrainedMo
     return PeftModel.from_pretrained(base_models.load_model(base, quantize_4bit=method == "qlora"), str(model_dir))
 
 
+def _files_signature(directory: Path) -> list:
+    """Name, size and modification time of every file under ``directory``: a change of any shows (cheap, unlike
+    hashing gigabytes of weights)."""
+    return sorted([str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in directory.rglob("*") if p.is_file())
+
+
+def base_scores_key(base: ResolvedBase, tokenizer_dir: Path, rows: list[dict], settings: TrainingSettings,
+                    method: str) -> str:
+    """What the base model's scores depend on: its files, the tokenizer, the rows and the scoring settings."""
+    tokenizer = [(tokenizer_dir / f).read_text(encoding="utf-8") for f in ("tokenizer.json", "tokenizer_config.json")
+                 if (tokenizer_dir / f).is_file()]
+    return content_hash(BASE_SCORES_VERSION, base.name, base.path, json.dumps(_files_signature(Path(base.path))),
+                        *tokenizer, json.dumps(rows, sort_keys=True, default=str),
+                        str(settings.max_seq_length), str(settings.eval_max_new_tokens),
+                        settings.fim, str(method == "qlora"))
+
+
 def evaluate(
     data: datasets.DatasetDict, base: ResolvedBase, final_dir: Path, method: str, settings: TrainingSettings,
     out_dir: Path, log: Callable[[object], None] = print, previous: Path | None = None, previous_method: str = "",
+    cache_dir: Path | None = None,
 ) -> dict:
     """Score the base, the fine-tuned model and ``previous`` (the model it would replace) on the eval split.
 
     Writes markdown, PNG and JSON into ``out_dir`` and returns the report (``previous`` is None without one).
+    With ``cache_dir``, the base's scores are reused from an earlier evaluation with the same inputs.
     """
     tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
     formatter = Formatter.for_base(base, tokenizer, settings.fim)
@@ -215,9 +251,17 @@ def evaluate(
     if not rows:
         raise ValueError("The eval split is empty, so base and fine-tuned cannot be compared; "
                          "raise generation.eval_time_share or add history to the repository.")
-    log(f"Scoring the base model on {len(rows)} eval examples")
-    base_scores = score(base_models.load_model(base, quantize_4bit=method == "qlora"), tokenizer, formatter, rows,
-                        settings, log, "base model")
+    cached = cache_dir / f"{base_scores_key(base, final_dir, rows, settings, method)}.json" if cache_dir else None
+    if cached is not None and cached.is_file():
+        log(f"The base model's scores on these {len(rows)} eval examples are reused from {cached}")
+        base_scores = ModelScores.from_json(cached.read_text(encoding="utf-8"))
+    else:
+        log(f"Scoring the base model on {len(rows)} eval examples")
+        base_scores = score(base_models.load_model(base, quantize_4bit=method == "qlora"), tokenizer, formatter,
+                            rows, settings, log, "base model")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cached, base_scores.to_json())
     log("Scoring the fine-tuned model")
     tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log,
                          "fine-tuned model")

@@ -69,7 +69,7 @@ def row_text(row: dict) -> str:
     return row.get("text") or row.get("raw_text") or ""
 
 
-def _leading_bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def leading_bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The BOS id the tokenizer puts before a text by itself (``[]`` for tokenizers that add none)."""
     bos = tokenizer.bos_token_id
     return [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
@@ -91,7 +91,7 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
     its own instead. ``add_eos`` ends the ids with EOS unless the answer already does, as TRL does for text
     it tokenizes itself.
     """
-    bos = _leading_bos(tokenizer)
+    bos = leading_bos(tokenizer)
     text = prompt.removeprefix(tokenizer.bos_token) if bos and tokenizer.bos_token else prompt
     head = bos + _ids(tokenizer, text)
     together = bos + _ids(tokenizer, text + completion)
@@ -101,10 +101,11 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
     return head + tail, len(head)
 
 
-def fit_to_length(ids: list[int], start: int, max_len: int) -> tuple[list[int], int]:
+def fit_to_length(ids: list[int], start: int, max_len: int, head: int = 0) -> tuple[list[int], int]:
     """``ids`` (the answer from ``start``) cut to ``max_len`` so that some of the answer is always kept.
 
-    The prompt loses its beginning (what sits next to the answer matters most) down to half the budget;
+    The prompt loses its beginning (what sits next to the answer matters most) down to half the budget,
+    all but its first ``head`` ids (the BOS: Gemma without it reads far out of distribution);
     an answer longer than the rest loses its end. Training and evaluation use the same cut, so a long prompt
     never leaves a row with nothing to learn or score (cut from the end, as the trainer would, it did: on
     pallets/click 43% of the eval rows, and an eval batch of such rows has a NaN loss).
@@ -113,7 +114,8 @@ def fit_to_length(ids: list[int], start: int, max_len: int) -> tuple[list[int], 
         return ids, start
     prompt, answer = ids[:start], ids[start:]
     keep = min(len(prompt), max(max_len - len(answer), max_len // 2))
-    return prompt[len(prompt) - keep:] + answer[:max_len - keep], keep
+    head = min(head, keep)
+    return prompt[:head] + prompt[len(prompt) - keep + head:] + answer[:max_len - keep], keep
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ class Formatter:
         """
         # Built in memory: mapping a dataset loaded from disk would write cache files into the
         # data_generation layer's artifact directory.
-        encoded = [fit_to_length(*self.training_ids(row), max_len) for row in split if self.usable(row)]
+        head = len(leading_bos(self.tokenizer))
+        encoded = [fit_to_length(*self.training_ids(row), max_len, head) for row in split if self.usable(row)]
         return datasets.Dataset.from_dict({
             "input_ids": [ids for ids, _ in encoded],
             "completion_mask": [[0] * start + [1] * (len(ids) - start) for ids, start in encoded],

@@ -182,6 +182,10 @@ def test_a_row_longer_than_the_budget_keeps_some_of_its_answer():
     assert fit_to_length(prompt + long_answer, 300, 256) == (prompt[-128:] + long_answer[:128], 128)
     assert fit_to_length(list(range(20)), 0, 8) == (list(range(8)), 0)  # raw text: its beginning
     assert fit_to_length(prompt[:10] + answer, 10, 256) == (prompt[:10] + answer, 10)  # fits: as it is
+    bos = [-1]  # the BOS stays where the prompt loses its start
+    assert fit_to_length(bos + prompt + answer, 301, 256, head=1) == (bos + prompt[-245:] + answer, 246)
+    assert fit_to_length(bos + prompt + long_answer, 301, 256, head=1) == (bos + prompt[-127:] + long_answer[:128],
+                                                                          128)
 
 
 @pytest.mark.slow
@@ -346,3 +350,32 @@ def test_an_empty_eval_split_trains_without_eval_and_evaluation_says_why(tmp_pat
     with pytest.raises(ValueError, match=r"eval split is empty.*generation\.eval_time_share"):
         evaluate(data, tiny_base, Path(result.output_dir), "lora", settings, tmp_path / "evaluation")
     assert not (tmp_path / "evaluation" / REPORT_JSON).exists()
+
+
+@pytest.mark.slow
+def test_the_base_models_scores_are_reused_while_base_and_eval_rows_stay_the_same(tmp_path, store_dataset, tiny_base):
+    from mochi_pipeline.training.evaluation import evaluate
+
+    data = load_dataset_dict(store_dataset)
+    settings = fast_settings(max_steps=2, eval_steps=2, save_steps=2, eval_max_examples=12)
+    final = Path(train(data, tiny_base, settings, tmp_path / "runs", log=lambda _: None).output_dir)
+    cache = tmp_path / "base_scores"
+
+    def run(dataset: datasets.DatasetDict) -> tuple[dict, list[str]]:
+        lines: list[str] = []
+        report = evaluate(dataset, tiny_base, final, "lora", settings, tmp_path / "evaluation",
+                          log=lambda x: lines.append(str(x)), cache_dir=cache)
+        return report, lines
+
+    first, first_log = run(data)
+    again, again_log = run(data)
+    assert any("Scoring the base model" in line for line in first_log)
+    assert any(f"scores on these {first['n_examples']} eval examples are reused" in line for line in again_log)
+    assert not any("scoring the base model" in line for line in again_log)  # no progress of base scoring
+    assert again["base"] == first["base"] and again["samples"] == first["samples"]
+    assert again["fine_tuned"] == first["fine_tuned"]
+    # another eval split (the answers changed): the base is scored again
+    changed = data["eval"].map(lambda row: {"response": row["response"] + "\n# changed\n"})
+    _, changed_log = run(datasets.DatasetDict({"train": data["train"], "eval": changed}))
+    assert any("Scoring the base model" in line for line in changed_log)
+    assert len(list(cache.glob("*.json"))) == 2
