@@ -6,14 +6,15 @@ REPO (a git repository) is cloned into a temporary directory and `mochi run` bui
 with the packaged real base (offline; converted once into the model cache). Printed from what the run stored:
 
 - held-out perplexity of the time split, tuned / base, and bits per byte (comparable between tokenizers);
-- next-token accuracy, and greedy next-line exact match and edit similarity, with their n;
-- perplexity of the fill-in-the-middle rows (the base's reserved-slot FIM tokens, trained on here);
+- next-token accuracy; perplexity of the fill-in-the-middle rows (the base's reserved-slot FIM tokens);
+- next-line and fill-in-the-middle exact match and edit similarity in llama.cpp (completion_evaluation), with
+  their n and the sign test against the base;
 - rerank top-1 of held-out later changes among distractors from other commits, for the fine-tuned and the base
   model on the same cases: n, chance, the one-sided binomial p-value against chance and the sign test against
   the base;
 - a few held-out lines with the real line, the base's and the fine-tuned model's.
 Targets (issue 12): perplexity <= 0.5x the base on this repository, <= 0.7x on a public one; rerank top-1 >= 0.85
-against a chance of 0.25 with p < 0.01, not below the base's.
+against a chance of 0.25 with p < 0.01, not below the base's; next-line exact match above the base's, n >= 100.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="training steps (0 = the preset's)")
     parser.add_argument("--cases", type=int, default=40, help="rerank cases (assist_max_cases)")
     parser.add_argument("--eval-examples", type=int, default=0, help="eval examples (0 = the preset's)")
+    parser.add_argument("--completions", type=int, default=120, help="completion cases per task")
     args = parser.parse_args()
 
     from mochi_pipeline.io_manager import read_asset_file
@@ -55,7 +57,8 @@ def main() -> int:
         training["eval_max_examples"] = args.eval_examples
     config = work / "mochi.yaml"
     config.write_text(yaml.safe_dump({"repo": {"source": str(repo)}, "artifacts_root": str(work / "artifacts"),
-                                      "training": training, "export": {"assist_max_cases": args.cases}}))
+                                      "training": training, "export": {"assist_max_cases": args.cases,
+                                                                    "completion_max_cases": args.completions}}))
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "mochi_pipeline.cli", "--config", str(config), "run"])
     seconds = time.monotonic() - started
@@ -73,8 +76,6 @@ def main() -> int:
                        ("next-token accuracy", "token_accuracy")):
         ratio = t[key] / b[key] if b.get(key) and t.get(key) is not None else None
         print(f"{label:<34}{_fmt(b[key]):>10}{_fmt(t[key]):>10}{_fmt(ratio):>12}   {b['n']}")
-    for label, key in (("next-line exact match", "exact_match"), ("next-line edit similarity", "edit_similarity")):
-        print(f"{label:<34}{_fmt(b[key]):>10}{_fmt(t[key]):>10}{'':>12}   {b['next_line_probes']}")
     for task in sorted(k for k in base["by_task"] if k.startswith("fim")):
         bt, tt = base["by_task"][task], tuned["by_task"].get(task, {})
         print(f"{'perplexity, ' + task:<34}{_fmt(bt['perplexity']):>10}{_fmt(tt.get('perplexity')):>10}"
@@ -93,9 +94,20 @@ def main() -> int:
                   f"than base: p = {rerank.p_value_vs_base:.2g} (one-sided sign test)")
         else:
             print(f"  base not measured: {rerank.base_skipped}")
-    for sample in report.get("samples", [])[:3]:
-        print(f"\n{sample['path']}, after:\n{sample['before']}\n  real : {sample['expected']}\n"
-              f"  base : {sample['base']}\n  tuned: {sample['fine_tuned']}")
+    completion_file = assets / "completion_evaluation.json"
+    completion = read_asset_file(completion_file) if completion_file.is_file() else None
+    if completion is not None:
+        print(f"\n{'completion (llama.cpp, greedy)':<34}{'base':>10}{'tuned':>10}{'p vs base':>12}   n")
+        for s in completion.scores:
+            p = "–" if s.p_value_vs_base is None else f"{s.p_value_vs_base:.2g}"
+            base_em, base_sim = _fmt(s.base_exact_match), _fmt(s.base_edit_similarity)
+            print(f"{s.task + ' exact match':<34}{base_em:>10}{_fmt(s.exact_match):>10}{p:>12}   {s.n}")
+            print(f"{s.task + ' edit similarity':<34}{base_sim:>10}{_fmt(s.edit_similarity):>10}{'':>12}   {s.n}")
+        for task, why in completion.skipped.items():
+            print(f"{task}: not measured, {why}")
+        for sample in completion.samples[:3]:
+            print(f"\n{sample['source']} ({sample['task']}), after:\n{sample['before']}\n  real : "
+                  f"{sample['expected']}\n  base : {sample['base']}\n  tuned: {sample['fine_tuned']}")
     print(f"\nArtifacts: {work / 'artifacts'}")
     return 0
 

@@ -17,7 +17,7 @@ from mochi_pipeline_tests.training.store_project import TINY_BASE
 # step's loss is logged, so training_loss_decreased compares the first step with the last.
 PROJECT_TRAINING = {**TINY_BASE, "method": "full", "learning_rate": 3e-3, "max_steps": 8,
                     "logging_steps": 1, "eval_steps": 4, "save_steps": 4, "max_seq_length": 128, "batch_size": 4,
-                    "eval_max_examples": 16, "eval_max_new_tokens": 8}
+                    "eval_max_examples": 16}
 
 
 def mochi(cwd: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

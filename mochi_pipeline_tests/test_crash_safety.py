@@ -95,7 +95,7 @@ def test_killed_while_training_then_merging_then_exporting(repo):
         "generation": {"eval_time_share": 0.3},
         "training": {**TINY_BASE, "method": "full", "learning_rate": 3e-3,
                      "max_steps": 40, "save_steps": 5, "eval_steps": 5, "max_seq_length": 128, "batch_size": 4,
-                     "eval_max_examples": 8, "eval_max_new_tokens": 4, "early_stopping_patience": 0},
+                     "eval_max_examples": 8, "early_stopping_patience": 0},
         "export": {"quantizations": ["f16", "q8_0"]},
     }))
     art = repo / ".mochi"

@@ -24,8 +24,7 @@ pytestmark = pytest.mark.slow
 
 # The preset's LoRA (every projection, r16, lr 3e-4) cut to a few short steps.
 GEMMA_TRAINING = {"base_model": "gemma3-270m", "max_steps": 12, "max_seq_length": 128, "logging_steps": 1,
-                  "eval_steps": 6, "save_steps": 6, "eval_during_training": 4, "eval_max_examples": 16,
-                  "eval_max_new_tokens": 8}
+                  "eval_steps": 6, "save_steps": 6, "eval_during_training": 4, "eval_max_examples": 16}
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ SNAPSHOT = json.loads((Path(__file__).with_name("asset_graph_snapshot.json")).re
 CHROMIUM = "/usr/bin/chromium"  # Debian's (make system-deps): Playwright's browser download is unreachable
 DATA_GROUPS = ("ingestion", "preprocessing", "data_generation")
 SAMPLE_PARTITIONS = ["c", "cpp", "go", "java/sample", "pkg", "rust", "tests", "web"]  # its directories holding code
-TRAINING = {**PROJECT_TRAINING, "max_steps": 4, "eval_max_examples": 8, "eval_max_new_tokens": 4}
+TRAINING = {**PROJECT_TRAINING, "max_steps": 4, "eval_max_examples": 8}
 
 # What each graph node shows: its name and the kind tags under it.
 NODES_JS = """() => Array.from(document.querySelectorAll('foreignObject')).map(fo => {

@@ -9,7 +9,7 @@ line ends at the first newline) and ``/infill`` (the model's FIM tokens, PSM). A
 short one. All cases of one model are queued at once, so the engine decodes them side by side.
 
 Exact match is the line (or middle) as written, trailing whitespace aside; edit similarity is
-``evaluation.edit_similarity``. The tuned model's gain over the base is tested with a one-sided
+1 - Levenshtein distance / the longer length. The tuned model's gain over the base is tested with a one-sided
 exact sign test on the cases only one of the two got exactly right.
 """
 
@@ -82,6 +82,19 @@ class CompletionReport(Record):
         return "\n".join(lines) + "\n"
 
 
+def edit_similarity(a: str, b: str) -> float:
+    """1 - Levenshtein(a, b) / max(len): 1.0 for equal strings, 0.0 for nothing in common."""
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
 def completion_cases(rows: Sequence[dict], max_cases: int, seed: int) -> dict[str, list[CompletionCase]]:
     """Up to ``max_cases`` cases per task from held-out ``rows``, a seeded sample."""
     out: dict[str, list[CompletionCase]] = {"next_line": [], "fim": []}
@@ -122,8 +135,6 @@ def complete_all(server: ModelServer, cases: Sequence[CompletionCase]) -> list[s
 def evaluate_completion(tuned: ModelServer, rows: Sequence[dict], base: ModelServer | None = None,
                         max_cases: int = 120, seed: int = 0, log: Callable[[str], None] = print) -> CompletionReport:
     """Next-line and FIM exact match and edit similarity of ``tuned`` (and ``base``) on held-out ``rows``."""
-    from mochi_pipeline.training.evaluation import edit_similarity
-
     scores: list[CompletionScore] = []
     skipped: dict[str, str] = {}
     samples: list[dict] = []

@@ -174,7 +174,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         group_name=GROUP,
         kinds={"pytorch"},
         code_version=f"{LOGIC_VERSION}-" + training.signature(
-            "seed", "max_seq_length", "method", "eval_max_examples", "eval_max_new_tokens", "quality_gate",
+            "seed", "max_seq_length", "method", "eval_max_examples", "quality_gate",
             "gate_tolerance"),
         pool=GPU_POOL,  # two models loaded; QLoRA ones on the GPU
         op_tags=GPU_POD,
@@ -232,11 +232,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             "bits_per_byte_fine_tuned": overall["fine_tuned"].get("bits_per_byte"),
             "token_accuracy_base": overall["base"].get("token_accuracy"),
             "token_accuracy_fine_tuned": overall["fine_tuned"].get("token_accuracy"),
-            "exact_match_base": overall["base"].get("exact_match"),
-            "exact_match_fine_tuned": overall["fine_tuned"].get("exact_match"),
             "eval_examples": report["n_examples"],
-            "next_line_probes": overall["base"].get("next_line_probes"),
-            "completions_side_by_side": dg.MetadataValue.json(report["samples"]),
             "accepted": accepted_now,
             "gate": reason,
         })

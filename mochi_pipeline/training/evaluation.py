@@ -3,9 +3,9 @@
 - perplexity of the expected answer given its context, per task and per language (token-weighted),
   and bits per byte of the same answers (the same loss per UTF-8 byte, comparable across tokenizers);
 - next-token accuracy: the share of answer tokens the model ranks first (moves long before exact
-  match does at small scale);
-- next-line completion: greedy-decode one line after the code prefix; exact match and edit
-  similarity (1 - Levenshtein distance / longer length) against the real next line.
+  match does at small scale).
+Completion as users meet it (next line, fill-in-the-middle: exact match, edit similarity) is measured
+on the exported GGUF in llama.cpp, where it costs far less (deployment/completion_eval.py).
 The report is a markdown table plus a PNG; the numbers are kept as JSON for asset checks.
 ``gate`` decides whether the fine-tuned model may replace what is exported. The base model's scores
 are kept in ``cache_dir`` under a key of everything they depend on (the base's files, the tokenizer,
@@ -39,20 +39,7 @@ from mochi_pipeline.training.sft_data import Formatter, encode_pair, fit_to_leng
 REPORT_MD = "evaluation.md"
 REPORT_PNG = "evaluation.png"
 REPORT_JSON = "evaluation.json"
-BASE_SCORES_VERSION = "1"  # bump when scoring changes what it measures
-
-
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein(a, b) / max(len): 1.0 for equal strings, 0.0 for nothing in common."""
-    if not a and not b:
-        return 1.0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
+BASE_SCORES_VERSION = "2"  # bump when scoring changes what it measures
 
 
 @dataclass
@@ -64,9 +51,6 @@ class Tally:
     tokens: int = 0
     bytes: int = 0  # UTF-8 bytes of the scored answer tokens
     top1: int = 0
-    probes: int = 0
-    exact: int = 0
-    edit_sim: float = 0.0
 
     @property
     def perplexity(self) -> float:
@@ -80,19 +64,9 @@ class Tally:
     def token_accuracy(self) -> float:
         return self.top1 / self.tokens if self.tokens else float("nan")
 
-    @property
-    def exact_match(self) -> float:
-        return self.exact / self.probes if self.probes else float("nan")
-
-    @property
-    def edit_similarity(self) -> float:
-        return self.edit_sim / self.probes if self.probes else float("nan")
-
     def summary(self) -> dict[str, float | None]:
         return {"n": self.n, "perplexity": _num(self.perplexity), "bits_per_byte": _num(self.bits_per_byte),
-                "token_accuracy": _num(self.token_accuracy),
-                "next_line_probes": self.probes,
-                "exact_match": _num(self.exact_match), "edit_similarity": _num(self.edit_similarity)}
+                "token_accuracy": _num(self.token_accuracy)}
 
 
 def _num(x: float) -> float | None:
@@ -100,15 +74,12 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 4)
 
 
-SAMPLES = 5  # held-out next-line probes shown side by side, base against fine-tuned
-
 
 @dataclass
 class ModelScores:
     overall: Tally = field(default_factory=Tally)
     by_task: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     by_language: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
-    completions: dict[str, str] = field(default_factory=dict)  # row id -> the model's next line
 
     def groups(self, row: dict) -> list[Tally]:
         return [self.overall, self.by_task[row["task"]], self.by_language[row.get("language") or "unknown"]]
@@ -121,8 +92,7 @@ class ModelScores:
         d = json.loads(text)
         return cls(overall=Tally(**d["overall"]),
                    by_task=defaultdict(Tally, {k: Tally(**v) for k, v in d["by_task"].items()}),
-                   by_language=defaultdict(Tally, {k: Tally(**v) for k, v in d["by_language"].items()}),
-                   completions=d["completions"])
+                   by_language=defaultdict(Tally, {k: Tally(**v) for k, v in d["by_language"].items()}))
 
     def summary(self) -> dict:
         return {
@@ -150,21 +120,6 @@ def completion_nll(model: PreTrainedModel, ids: list[int], start: int) -> tuple[
     return nll.item(), len(ids) - start, int((logits.argmax(-1) == targets).sum())
 
 
-@torch.no_grad()
-def next_line(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prefix: str, max_new: int, max_len: int
-) -> str:
-    """Greedy continuation of ``prefix`` up to the end of the first line."""
-    ids = tokenizer(prefix, verbose=False)["input_ids"][-(max_len - max_new):]
-    x = torch.tensor([ids], device=model.device)
-    out = model.generate(
-        input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-    return text.split("\n", 1)[0]
-
-
 def score(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, formatter: Formatter, rows: list[dict],
     settings: TrainingSettings, log: Callable[[object], None], name: str = "model",
@@ -176,22 +131,12 @@ def score(
         ids, start = _encode(tokenizer, prompt, completion, settings.max_seq_length)
         nll, n_tokens, top1 = completion_nll(model, ids, start) if start < len(ids) else (0.0, 0, 0)
         n_bytes = len(tokenizer.decode(ids[start:]).encode("utf-8")) if start < len(ids) else 0
-        probe = None
-        if row["task"] == "next_line" and prompt:
-            expected = completion.split("\n", 1)[0].rstrip()
-            got = next_line(model, tokenizer, prompt, settings.eval_max_new_tokens, settings.max_seq_length).rstrip()
-            probe = (got == expected, edit_similarity(got, expected))
-            scores.completions[row["id"]] = got
         for tally in scores.groups(row):
             tally.n += 1
             tally.nll += nll
             tally.tokens += n_tokens
             tally.bytes += n_bytes
             tally.top1 += top1
-            if probe is not None:
-                tally.probes += 1
-                tally.exact += probe[0]
-                tally.edit_sim += probe[1]
         if i % 10 == 0 or i == len(rows):
             log(Progress(f"scoring the {name}", i, len(rows), unit="example"))
     return scores
@@ -231,7 +176,7 @@ def base_scores_key(base: ResolvedBase, tokenizer_dir: Path, rows: list[dict], s
                  if (tokenizer_dir / f).is_file()]
     return content_hash(BASE_SCORES_VERSION, base.name, base.path, json.dumps(_files_signature(Path(base.path))),
                         *tokenizer, json.dumps(rows, sort_keys=True, default=str),
-                        str(settings.max_seq_length), str(settings.eval_max_new_tokens),
+                        str(settings.max_seq_length),
                         settings.fim, str(method == "qlora"))
 
 
@@ -266,8 +211,7 @@ def evaluate(
     tuned_scores = score(load_tuned(base, final_dir, method), tokenizer, formatter, rows, settings, log,
                          "fine-tuned model")
     report = {"base": base_scores.summary(), "fine_tuned": tuned_scores.summary(), "previous": None,
-              "previous_path": str(previous or ""), "n_examples": len(rows),
-              "samples": side_by_side(rows, formatter, base_scores, tuned_scores)}
+              "previous_path": str(previous or ""), "n_examples": len(rows)}
     if previous is not None:
         log(f"Scoring the model it would replace ({previous})")
         report["previous"] = score(load_tuned(base, previous, previous_method), tokenizer, formatter, rows, settings,
@@ -286,18 +230,6 @@ def evaluate(
     atomic_write_bytes(out_dir / REPORT_PNG, png)
     log(f"Perplexity base {b['perplexity']} -> fine-tuned {t['perplexity']}")
     return report
-
-
-def side_by_side(rows: list[dict], formatter: Formatter, base: ModelScores, tuned: ModelScores) -> list[dict]:
-    """A few held-out next-line probes for a person to read: the code before, the real line, both models' lines."""
-    samples = []
-    for row in rows:
-        if row["id"] in base.completions and row["id"] in tuned.completions and len(samples) < SAMPLES:
-            prompt, completion = formatter.scoring_pair(row)
-            samples.append({"path": row.get("path", ""), "before": "\n".join(prompt.splitlines()[-4:]),
-                            "expected": completion.split("\n", 1)[0].rstrip(),
-                            "base": base.completions[row["id"]], "fine_tuned": tuned.completions[row["id"]]})
-    return samples
 
 
 def gate(report: dict, tolerance: float) -> tuple[bool, str]:
@@ -325,11 +257,10 @@ def to_markdown(report: dict) -> str:
     models = [("base", report["base"]), ("tuned", report["fine_tuned"])]
     if report.get("previous"):
         models.append(("replaced", report["previous"]))
-    metrics = [("ppl", "perplexity"), ("bits/byte", "bits_per_byte"), ("tok acc", "token_accuracy"),
-               ("EM", "exact_match"), ("edit sim", "edit_similarity")]
+    metrics = [("ppl", "perplexity"), ("bits/byte", "bits_per_byte"), ("tok acc", "token_accuracy")]
     lines = [
-        f"**Held-out evaluation** ({report['n_examples']} examples; perplexity: lower is better; next-token "
-        "accuracy, exact match and edit similarity of greedy next-line completion: higher is better"
+        f"**Held-out evaluation** ({report['n_examples']} examples; perplexity and bits per byte: lower is better; "
+        "next-token accuracy: higher is better"
         + ("; *replaced* = the model now exported" if report.get("previous") else "") + ")",
         "",
         "| group | n | " + " | ".join(f"{m} {name}" for m, _ in metrics for name, _ in models) + " |",
@@ -346,8 +277,4 @@ def to_markdown(report: dict) -> str:
         lines.append(row(f"task: {task}", lambda s, t=task: s["by_task"].get(t)))
     for lang in report["base"]["by_language"]:
         lines.append(row(f"language: {lang}", lambda s, g=lang: s["by_language"].get(g)))
-    for sample in report.get("samples", []):
-        lines += ["", f"`{sample['path']}`, after:", "```", sample["before"], "```",
-                  *(f"- {who}: `{sample[key]}`" for who, key in (("real next line", "expected"), ("base", "base"),
-                                                                 ("fine-tuned", "fine_tuned")))]
     return "\n".join(lines) + "\n"

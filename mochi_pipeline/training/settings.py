@@ -33,7 +33,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
                               "logging_steps": 10},
 }
 # Settings that change how a model is judged or kept, not the weights training produces.
-EVAL_ONLY = ("eval_max_examples", "eval_max_new_tokens", "quality_gate", "gate_tolerance", "keep_runs",
+EVAL_ONLY = ("eval_max_examples", "quality_gate", "gate_tolerance", "keep_runs",
              "main_process_port")
 
 
@@ -120,7 +120,6 @@ class TrainingSettings(Section):
 
     # Held-out evaluation and the quality gate (evaluation_report)
     eval_max_examples: int = Field(200, ge=1, description="Eval examples scored per model (seeded sample).")
-    eval_max_new_tokens: int = Field(48, ge=1, le=1024, description="Greedy tokens generated per next-line probe.")
     quality_gate: bool = Field(
         True, description="Block merge and export of a model with a higher held-out perplexity than its base, or "
         "than the model it would replace (beyond gate_tolerance); the exported model then stays in place.",

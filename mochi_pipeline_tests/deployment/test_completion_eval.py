@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mochi_pipeline.deployment.completion_eval import completion_cases, evaluate_completion
+from mochi_pipeline.deployment.completion_eval import completion_cases, edit_similarity, evaluate_completion
 from mochi_pipeline.deployment.server import ModelServer
 
-pytestmark = pytest.mark.slow  # a real GGUF model in llama.cpp
+slow = pytest.mark.slow  # a real GGUF model in llama.cpp
 
 CONTEXTS = ["def add(a, b):\n", "import os\nimport sys\n", "class Stack:\n    def __init__(self):\n",
             "for i in range(10):\n", "# parse the arguments\n", "with open(path) as f:\n"]
@@ -29,6 +29,7 @@ def _rows(server: ModelServer, own: list[bool]) -> tuple[list[dict], int]:
     return rows, lines
 
 
+@slow
 def test_exact_match_counts_the_answers_that_are_the_real_ones(model):
     rows, lines = _rows(model, [True, True, False, True, False, False])
     assert lines >= 2  # the tiny base writes something after most of these
@@ -43,6 +44,7 @@ def test_exact_match_counts_the_answers_that_are_the_real_ones(model):
     assert "| next_line | 6 |" in report.markdown()
 
 
+@slow
 def test_a_better_model_wins_the_sign_test(model, exported):
     """The answers are the tiny base's own: it beats a random model on them, and the test says so."""
     contexts = [*CONTEXTS, *(f"# again\n{c}" for c in CONTEXTS)]
@@ -62,6 +64,7 @@ def test_a_better_model_wins_the_sign_test(model, exported):
     assert report.skipped == {"fim": "no held-out fim examples (raise generation.eval_time_share or add history)"}
 
 
+@slow
 def test_cases_are_a_seeded_sample_and_a_long_context_keeps_its_end(model):
     rows = [{"id": str(i), "task": "next_line", "path": "a.py", "context": f"x = {i}\n", "response": "y\n"}
             for i in range(30)]
@@ -79,3 +82,9 @@ def test_cases_are_a_seeded_sample_and_a_long_context_keeps_its_end(model):
         short.close()
     assert report.score("next_line").n == 4
     assert report.base_skipped == "no base GGUF" and report.score("next_line").base_exact_match is None
+
+
+@pytest.mark.parametrize(("a", "b", "want"), [("", "", 1.0), ("abc", "abc", 1.0), ("abc", "abd", 2 / 3),
+                                              ("abc", "", 0.0), ("kitten", "sitting", 1 - 3 / 7)])
+def test_edit_similarity(a, b, want):
+    assert edit_similarity(a, b) == pytest.approx(want)

@@ -91,7 +91,6 @@ def fast_settings(**overrides) -> TrainingSettings:
     # LoRA unless a test says otherwise: the tiny preset's own default is a full fine-tune.
     knobs = dict(method="lora", max_steps=8, max_seq_length=192, batch_size=4, learning_rate=3e-3, lora_rank=8,
                  lora_alpha=16, lora_dropout=0.0, eval_steps=4, save_steps=4, logging_steps=1, warmup_ratio=0.0,
-                 lr_scheduler="constant", **TINY_BASE, eval_max_examples=40,
-                 eval_max_new_tokens=24)
+                 lr_scheduler="constant", **TINY_BASE, eval_max_examples=40)
     knobs.update(overrides)
     return TrainingSettings(**knobs)

@@ -372,7 +372,7 @@ def test_the_base_models_scores_are_reused_while_base_and_eval_rows_stay_the_sam
     assert any("Scoring the base model" in line for line in first_log)
     assert any(f"scores on these {first['n_examples']} eval examples are reused" in line for line in again_log)
     assert not any("scoring the base model" in line for line in again_log)  # no progress of base scoring
-    assert again["base"] == first["base"] and again["samples"] == first["samples"]
+    assert again["base"] == first["base"]
     assert again["fine_tuned"] == first["fine_tuned"]
     # another eval split (the answers changed): the base is scored again
     changed = data["eval"].map(lambda row: {"response": row["response"] + "\n# changed\n"})
