@@ -123,8 +123,11 @@ def load_vocab_tokenizer(family: Family):
 
     vocab = vocab_gguf(family.vocab)
     # AutoTokenizer also builds a model config from the GGUF, which fails on Gemma 4's per-layer head counts.
-    cls = GemmaTokenizer if family.name == "gemma4" else AutoTokenizer
-    return cls.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
+    if family.name != "gemma4":
+        return AutoTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
+    tokenizer = GemmaTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
+    tokenizer.add_bos_token = True  # as the GGUF says (add_bos_token) and Gemma's own tokenizer does
+    return tokenizer
 
 
 def _edit_added_tokens(tokenizer, replace: dict[int, str], rstrip: tuple[str, ...]):

@@ -17,11 +17,13 @@ import dagster as dg
 
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
 from mochi_pipeline.deployment.assist import Assistant
-from mochi_pipeline.deployment.assist_eval import SIGNIFICANCE, evaluate_rerank
+from mochi_pipeline.deployment.assist_eval import evaluate_rerank
 from mochi_pipeline.deployment.exporter import modelfile_source, write_modelfile
+from mochi_pipeline.deployment.fault_eval import evaluate_faults
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
+from mochi_pipeline.deployment.significance import SIGNIFICANCE
 from mochi_pipeline.execution import CONVERT_POD, GPU_POOL
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown
@@ -180,7 +182,8 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
                           gguf_lora_adapter: GGUFLoraAdapter, training_dataset: TrainingDatasetArtifact) -> Iterator:
         """How well the exported model reranks: for held-out later commits, the real change among
         export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy vs chance), and
-        how well the base model (its GGUF from gguf_lora_adapter) reranks the same cases."""
+        how well verify flags a fault planted in held-out functions (against a random pick); each next to the base
+        model (its GGUF from gguf_lora_adapter) on the same cases."""
         if (events := reuse(context, root)) is not None:
             yield from events
             return
@@ -194,15 +197,23 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             tuned, *base = (Assistant([], ProjectConventions(), server) for server in servers)
             report = evaluate_rerank(tuned, rows, k=export.assist_candidates, max_cases=export.assist_max_cases,
                                      log=context.log.info, baseline=base[0] if base else None)
+            context.log.info("verify: planting one fault in each of the held-out functions")
+            faults = evaluate_faults(tuned, rows, base[0] if base else None, max_cases=export.assist_max_cases)
         finally:
             for server in servers:
                 server.close()
+        report = report.model_copy(update={"verify": faults})
         if not base:
             why = f"no base GGUF ({gguf_lora_adapter.skipped or 'gguf_lora_adapter made none'})"
             report = report.model_copy(update={"base_skipped": why})
         context.log.info(report.markdown())
         metadata: dict[str, Any] = {"report": dg.MetadataValue.md(report.markdown()), "cases": report.n_cases,
                                     "candidates": report.candidates, "chance": report.chance}
+        if not faults.skipped:
+            metadata.update({"verify_cases": faults.n, "verify_hit_rate": faults.hit_rate,
+                             "verify_random_hit_rate": faults.random_hit_rate,
+                             "verify_base_hit_rate": faults.base_hit_rate if faults.base_hit_rate is not None
+                             else "not measured"})
         if report.accuracy is not None:
             groups = [*report.by_task, "all"]
             png = comparison_png(groups, [report.chance] * len(groups),

@@ -287,18 +287,25 @@ class Assistant:
     def _main_language(self) -> str:
         return self.conventions.languages[0].language if self.conventions.languages else ""
 
+    def surprising_lines(self, code: str, path: str = "", top: int = 3) -> tuple[list[tuple[int, float]], float]:
+        """The (1-based line, nats per token) of at most ``top`` lines of ``code`` the domain model finds most
+        surprising, read after a ``# path`` line, most surprising first, only lines above the median of the
+        code's lines; and that median."""
+        header = f"# {path}\n" if path else ""
+        per_line = line_surprise(code, self._need_model().score(header, code))
+        if len(per_line) < 2:
+            return [], 0.0
+        typical = statistics.median(s for _, s, _ in per_line)
+        ranked = sorted(per_line, key=lambda x: -x[1])[:top]
+        return [(line, surprise) for line, surprise, _ in ranked if surprise > typical], typical
+
     def _surprises(self, code: str, path: str, top: int) -> list[Finding]:
         model = self._need_model()
         header = f"# {path}\n" if path else ""
-        per_line = line_surprise(code, model.score(header, code))
-        if len(per_line) < 2:
-            return []
-        typical = statistics.median(s for _, s, _ in per_line)
+        flagged, typical = self.surprising_lines(code, path, top)
         lines = code.splitlines()
         out = []
-        for line, surprise, _ in sorted(per_line, key=lambda x: -x[1])[:top]:
-            if surprise <= typical:
-                break  # the rest is as likely as the code around it
+        for line, surprise in flagged:
             before = header + "".join(f"{ln}\n" for ln in lines[: line - 1])
             indent = lines[line - 1][: len(lines[line - 1]) - len(lines[line - 1].lstrip())]
             own = model.complete(before + indent, max_tokens=48, stop=["\n"]).rstrip()

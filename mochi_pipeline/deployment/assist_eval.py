@@ -8,7 +8,6 @@ domain model ranks them with ``Assistant.rerank``; top-1 accuracy is compared wi
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,16 +17,12 @@ from pydantic import BaseModel, Field
 
 from mochi_pipeline.deployment.assist import Assistant, DomainModel
 from mochi_pipeline.deployment.engine import ContextLengthError
+from mochi_pipeline.deployment.fault_eval import FaultReport
+from mochi_pipeline.deployment.significance import binomial_tail, sign_test
 from mochi_pipeline.records import Record
 
 TASKS = ("commit_change", "next_block", "next_line")  # taken in turn
 MIN_CASES = 3
-SIGNIFICANCE = 0.01  # rerank_beats_chance passes on a one-sided p-value below this
-
-
-def binomial_tail(hits: int, n: int, p: float) -> float:
-    """P(X >= hits) for X ~ Binomial(n, p): the one-sided p-value of ``hits`` successes in ``n`` against ``p``."""
-    return min(1.0, sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
 
 
 class RerankCase(BaseModel):
@@ -55,10 +50,16 @@ class RerankReport(Record):
     by_task: dict[str, dict[str, float]] = Field(default_factory=dict)
     skipped: str = Field("", description="Why there is no measurement, when there is none.")
     example: dict = Field(default_factory=dict, description="One case with its ranking, for a person to read.")
+    verify: FaultReport | None = Field(None, description="How often verify flags a fault planted in held-out "
+                                       "functions (fault_eval.py).")
 
     def markdown(self) -> str:
+        verify = f"\n{self.verify.markdown()}" if self.verify is not None else ""
+        return self._rerank_markdown() + verify
+
+    def _rerank_markdown(self) -> str:
         if self.skipped:
-            return f"Rerank not measured: {self.skipped}"
+            return f"Rerank not measured: {self.skipped}\n"
         rows = "\n".join(f"| {t} | {v['n']:.0f} | {v['accuracy']:.2f} | {v['mrr']:.2f} |" for t, v in
                          self.by_task.items())
         return (f"**Rerank on held-out changes**: the real answer ranked first in {self.accuracy:.0%} of "
@@ -112,12 +113,6 @@ def rerank_cases(rows: list[dict], model: DomainModel, k: int, max_cases: int, s
         per_task.append(cases)
     in_turn = [case for turn in zip_longest(*per_task) for case in turn if case is not None]
     return in_turn[:max_cases]
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """One-sided exact sign test (McNemar's, exact): P(at least ``wins`` of the ``wins + losses`` discordant cases
-    go one way when either way is as likely)."""
-    return binomial_tail(wins, wins + losses, 0.5) if wins + losses else 1.0
 
 
 def _answer_rank(ranked: list, case: RerankCase) -> int:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
 
-from mochi_pipeline.deployment.assist_eval import sign_test
 from mochi_pipeline.deployment.engine import Sampling
 from mochi_pipeline.deployment.server import InfillRequest, ModelServer
+from mochi_pipeline.deployment.significance import sign_test
 from mochi_pipeline.records import Record
 from mochi_pipeline.training.fim import is_fim_task
 

@@ -85,7 +85,10 @@ class ModelScores:
         return [self.overall, self.by_task[row["task"]], self.by_language[row.get("language") or "unknown"]]
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        # not dataclasses.asdict: it rebuilds a defaultdict without its factory
+        return json.dumps({"overall": dataclasses.asdict(self.overall),
+                           **{name: {k: dataclasses.asdict(v) for k, v in getattr(self, name).items()}
+                              for name in ("by_task", "by_language")}})
 
     @classmethod
     def from_json(cls, text: str) -> ModelScores:

@@ -3,6 +3,7 @@
 import email.utils
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,32 @@ def test_parse_pairs_accepts_fenced_json_and_lists():
     assert parse_pairs('[{"question": "Q?", "answer": "A."}, {"question": "", "answer": "x"}]') == [("Q?", "A.")]
     with pytest.raises(MalformedReply, match="no pair"):
         parse_pairs('{"pairs": [{"q": "Q?"}]}')
+
+
+@pytest.mark.slow  # a real model behind `mochi serve`
+def test_the_llm_path_against_a_real_openai_compatible_server(subjects, tmp_path, monkeypatch, caplog):
+    """`mochi serve` on a real GGUF (the tiny base) is the endpoint: every request reaches it with the configured
+    model and key and comes back as an OpenAI chat completion; the tiny model writes no JSON, so each reply is
+    reported as malformed (never as a failed request); a wrong key is refused by the server and named."""
+    from mochi_pipeline.deployment.gguf_export import convert_hf_to_gguf
+    from mochi_pipeline.deployment.server import ModelServer, create_app
+    from mochi_pipeline.training.base_models import resolve_base
+    from mochi_pipeline_tests.deployment.served_app import Running
+    from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+
+    gguf = convert_hf_to_gguf(Path(resolve_base("tiny", TEST_TINY_STEPS).path), tmp_path / "tiny.gguf", "f16")
+    server = ModelServer(gguf, model_id="tiny", n_ctx=2048, parallel=2)
+    monkeypatch.setenv(KEY_ENV, "sk-right")
+    log = logging.getLogger("qa-real")
+    try:
+        with Running(create_app(server, api_key="sk-right")) as url, caplog.at_level(logging.WARNING, "qa-real"):
+            qa = OpenAICompatibleQA(base_url=url, model="tiny", api_key_env=KEY_ENV, max_tokens=24, temperature=0.0)
+            batch = qa.ask(subjects, pairs_per_subject=2, cache_dir=tmp_path / "cache", log=log)
+            assert batch.outcomes == {"malformed_reply": len(subjects)} and not batch.pairs
+            assert caplog.text.count("is malformed") == len(subjects) and "failed" not in caplog.text
+            assert server.engine.stats["finished"] == len(subjects)  # each request was decoded by the real model
+            monkeypatch.setenv(KEY_ENV, "sk-wrong")
+            with pytest.raises(QAEndpointError, match=f"refused the API key.*{KEY_ENV}"):
+                qa.ask(subjects[:1], pairs_per_subject=2, cache_dir=tmp_path / "cache", log=log)
+    finally:
+        server.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mochi_pipeline.deployment.assist_eval import SIGNIFICANCE, binomial_tail, sign_test
+from mochi_pipeline.deployment.significance import SIGNIFICANCE, binomial_tail, sign_test
 
 
 def test_the_p_value_is_the_binomial_upper_tail():
