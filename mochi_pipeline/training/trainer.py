@@ -127,16 +127,41 @@ class PackedRowsCollator:
 
 
 class MochiSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` that, without CUDA, takes the model's own cross-entropy as the loss.
+    """``SFTTrainer`` that, without CUDA, computes the output head only where the loss needs it.
 
     TRL computes the loss through a chunked "fused LM head" and adds entropy/accuracy metrics; it
     saves GPU memory, but on a CPU with a 49k-token vocabulary it about doubles the cost of a step.
+    The model's own loss (``Trainer.compute_loss``) builds float32 logits over the whole vocabulary at
+    every position, prompts included, where the loss ignores them: on Gemma 3's 262k-token head that
+    is as much work per token as the rest of the model. So in training the head runs only at the
+    positions whose next token is scored (``logits_to_keep``), and the loss is the same sum of
+    cross-entropies divided the same way.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if torch.cuda.is_available():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if return_outputs or not model.training or inputs.get("labels") is None:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return self.completion_head_loss(model, inputs, num_items_in_batch)
+
+    def completion_head_loss(self, model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        """``Trainer.compute_loss``'s training loss, with the output head run only where a label follows."""
+        labels = inputs["labels"]
+        targets = labels[:, 1:]  # the logits at position t predict the token at t + 1
+        keep = (targets != -100).any(0).nonzero().squeeze(-1)  # positions scored in any row of the batch
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False,
+                       logits_to_keep=keep).logits.float()
+        wanted = targets[:, keep]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), wanted.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:  # as Trainer.compute_loss scales it
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        else:
+            loss = loss / (wanted != -100).sum().clamp(min=1)
+        return loss
 
 
 def use_packed_rows(trainer: SFTTrainer, packing: bool) -> None:

@@ -379,3 +379,46 @@ def test_the_base_models_scores_are_reused_while_base_and_eval_rows_stay_the_sam
     _, changed_log = run(datasets.DatasetDict({"train": data["train"], "eval": changed}))
     assert any("Scoring the base model" in line for line in changed_log)
     assert len(list(cache.glob("*.json"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("batch_size", "counted"), [(1, True), (2, False)])  # num_items_in_batch given or not
+def test_the_output_head_runs_only_where_the_loss_looks_and_changes_nothing(tmp_path, store_dataset, tiny_base,
+                                                                            batch_size, counted):
+    """MochiSFTTrainer's loss on a CPU: the same value and gradients as the model's own loss over full logits,
+    from logits at only the positions a label follows (in any row of the batch: one row, as the CPU presets
+    train, skips every prompt position)."""
+    from transformers import Trainer
+
+    from mochi_pipeline.training.base_models import load_model
+    from mochi_pipeline.training.lora_config import lora_config, sft_config
+    from mochi_pipeline.training.trainer import MochiSFTTrainer, use_packed_rows
+
+    settings = fast_settings(max_steps=1, batch_size=batch_size)
+    tokenizer = load_tokenizer(tiny_base)
+    rows = Formatter.for_base(tiny_base, tokenizer, settings.fim).to_token_rows(
+        load_dataset_dict(store_dataset)["train"], settings.max_seq_length)
+    rows = rows.filter(lambda row: 0 in row["completion_mask"])  # chat rows: a prompt the loss ignores
+    trainer = MochiSFTTrainer(model=load_model(tiny_base), args=sft_config(settings, tmp_path, has_eval=False),
+                              train_dataset=rows, processing_class=tokenizer,
+                              peft_config=lora_config(settings, list(tiny_base.target_modules)))
+    use_packed_rows(trainer, packing=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    scored = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    if batch_size == 1:  # the prompts' positions are skipped
+        assert 0 < scored < 0.8 * (batch["labels"].shape[1] - 1)
+    model = trainer.model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    count = (batch["labels"][:, 1:] != -100).sum() if counted else None
+
+    def loss_and_grads(compute) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = compute(model, dict(batch), num_items_in_batch=count)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainable]
+
+    ours, our_grads = loss_and_grads(trainer.compute_loss)
+    theirs, their_grads = loss_and_grads(lambda *a, **k: Trainer.compute_loss(trainer, *a, **k))
+    assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(our_grads, their_grads, strict=True))
+    assert any(g.abs().sum() > 0 for g in our_grads)
