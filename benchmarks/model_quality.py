@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="training steps (0 = the preset's)")
     parser.add_argument("--cases", type=int, default=40, help="rerank cases (assist_max_cases)")
     parser.add_argument("--eval-examples", type=int, default=0, help="eval examples (0 = the preset's)")
-    parser.add_argument("--completions", type=int, default=120, help="completion cases per task")
+    parser.add_argument("--completions", type=int, default=100, help="completion cases per task")
     args = parser.parse_args()
 
     from mochi_pipeline.io_manager import read_asset_file

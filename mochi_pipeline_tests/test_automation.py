@@ -24,7 +24,7 @@ from mochi_pipeline_tests.training.store_project import TINY_BASE
 # Fed by the trackers and CI systems, not by the repository.
 TRACKER_SIDE = {"issue_threads", "ci_failures", "clean_issue_threads", "clean_ci_failures"}
 AFTER_TRAINING = {"evaluation_report", "merged_model", "gguf_model", "gguf_lora_adapter", "ollama_modelfile",
-                  "assist_evaluation"}
+                  "assist_evaluation", "completion_evaluation"}
 HELPER = '''def scale(values, factor):
     """Multiply every value by ``factor``."""
     scaled = []

@@ -49,7 +49,8 @@ def test_stale_status_is_one_level_deep_and_mochi_adds_the_rest(sample_repo, tmp
 def test_descendants_follow_the_graph(sample_repo, tmp_path):
     graph = build_defs(project_config(tmp_path, repo={"source": str(sample_repo)})).resolve_asset_graph()
     below = {k.to_user_string() for k in descendants(graph, dg.AssetKey("evaluation_report"))}
-    assert below == {"merged_model", "gguf_lora_adapter", "gguf_model", "ollama_modelfile", "assist_evaluation"}
+    assert below == {"merged_model", "gguf_lora_adapter", "gguf_model", "ollama_modelfile", "assist_evaluation",
+                     "completion_evaluation"}
 
 
 def test_a_partitioned_asset_has_its_partitions_status_and_the_input_version_dagster_records(sample_repo, tmp_path):

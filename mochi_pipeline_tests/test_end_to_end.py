@@ -23,7 +23,7 @@ from mochi_pipeline_tests.repo_factory import LATER_COMMITS, commit
 pytestmark = pytest.mark.slow
 
 MODEL_ASSETS = ["fine_tuned_adapter", "evaluation_report", "merged_model", "gguf_model", "ollama_modelfile",
-                "assist_evaluation"]
+                "assist_evaluation", "completion_evaluation"]
 
 
 def write_config(repo: Path, **training) -> None:
@@ -79,7 +79,7 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     art = repo / ".mochi"
 
     run = mochi(repo, "run")
-    assert "Materializing 27 asset(s)" in run.stdout
+    assert "Materializing 28 asset(s)" in run.stdout
     gguf = read_asset_file(art / "assets" / "gguf_model.json")
     assert {f.quantization for f in gguf.files} == {"f16", "q8_0"}
     assert "\nFROM ./mochi-q8_0.gguf\n" in (art / "gguf" / "model" / "Modelfile").read_text()
@@ -98,6 +98,8 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     assert "evaluation_report:" in out and "| **all** |" in out
     assert "Quality gate: passed" in out
     assert "**Rerank on held-out changes**" in out and "assist_evaluation: " in out
+    assert "**Verify on planted faults**" in out or "Verify not measured: no held-out function" in out
+    assert "**Completion of held-out code**" in out and "| next_line |" in out  # with the base's figures
     assert "llama.cpp completion from the exported q8_0 GGUF" in out
     assert "Nothing to do" in mochi(repo, "run").stdout
 
@@ -108,7 +110,7 @@ def test_whole_pipeline_then_each_commit_reaches_a_new_model_in_one_run(sample_r
     assert set(status_of(repo).values()) == {"FRESH", "STALE"}
     run = mochi(repo, "run")
     # Everything but base_model and what reads only the trackers and CI systems (none set here).
-    assert "Materializing 22 asset(s)" in run.stdout
+    assert "Materializing 23 asset(s)" in run.stdout
     after = runs_of(repo)
     for name in MODEL_ASSETS + ["code_chunks", "training_dataset"]:
         assert len(after[name]) == len(before[name]) + 1, name

@@ -26,7 +26,7 @@ from mochi_pipeline.deployment.significance import sign_test
 from mochi_pipeline.records import Record
 from mochi_pipeline.training.fim import is_fim_task
 
-CONTEXT = 512  # tokens each case's prompt may take (the end of the code before is kept): past the 256 trained on
+CONTEXT = 320  # tokens each case's prompt may take (the end of the code before is kept): the 256 trained on and more
 LINE_TOKENS = 48  # a generated next line stops at its newline or here
 MIDDLE_SLACK = 16  # a middle may run this many tokens past the real one's length
 SAMPLES = 4  # cases per task shown side by side

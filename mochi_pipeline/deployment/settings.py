@@ -45,7 +45,7 @@ class ExportSettings(Section):
     )
     assist_max_cases: int = Field(40, ge=1, description="assist_evaluation: held-out cases reranked (seeded sample).")
     completion_max_cases: int = Field(
-        120, ge=1, description="completion_evaluation: held-out cases per task (next line, fill-in-the-middle), "
+        100, ge=1, description="completion_evaluation: held-out cases per task (next line, fill-in-the-middle), "
         "a seeded sample.",
     )
     host: str = Field("127.0.0.1", description="Address `mochi serve` listens on.")
