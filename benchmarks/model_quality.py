@@ -94,6 +94,8 @@ def main() -> int:
                   f"than base: p = {rerank.p_value_vs_base:.2g} (one-sided sign test)")
         else:
             print(f"  base not measured: {rerank.base_skipped}")
+    if rerank.verify is not None:  # verify on a fault planted in each held-out function
+        print("\n" + rerank.verify.markdown().strip())
     completion_file = assets / "completion_evaluation.json"
     completion = read_asset_file(completion_file) if completion_file.is_file() else None
     if completion is not None:
