@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -138,9 +139,10 @@ def test_partitions_chunked_in_separate_runs_by_separate_workers_make_one_corpus
     assert policy == dg.BackfillPolicy.multi_run(4)  # what a backfill from the UI splits the partitions by
 
     halves = [partitions[:4], partitions[4:]]  # two runs of 4, as that backfill launches them
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        assert pool.starmap(_chunk_partitions, [(config, str(home), half) for half in halves]) == [True, True]
+    # Not multiprocessing.Pool: its exit SIGTERMs the workers, and a worker whose materialize left a SIGTERM
+    # handler behind did not die (the pool's join then hung CI); the executor ends its workers with sentinels.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert list(pool.map(_chunk_partitions, [config] * 2, [str(home)] * 2, halves)) == [True, True]
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/asset_partition_range_start": partitions[0]}))
