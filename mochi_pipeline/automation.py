@@ -97,10 +97,11 @@ def follows_changes_after(partitioned: dg.AssetKey, depth: int) -> AC:
 
 
 def retrains(cron: str, timezone: str) -> AC:
-    """At most once per cron tick, and only when a dependency (the dataset, the base) got a new data version."""
+    """At most once per cron tick, only when a dependency (the dataset, the base) got a new data version, and never
+    on a dataset whose blocking check (the leak scan) failed; a rebuild that passes unblocks it."""
     changed = AC.any_deps_match(AC.data_version_changed()).since_last_handled().with_label("dataset_changed")
     return (AC.cron_tick_passed(cron, timezone).since_last_handled() & (changed | AC.newly_missing())
-            & _ready()).with_label(f"retrains({cron}, {timezone})")
+            & _ready() & AC.all_deps_blocking_checks_passed()).with_label(f"retrains({cron}, {timezone})")
 
 
 def base_follows_settings() -> AC:

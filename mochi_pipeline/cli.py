@@ -92,26 +92,25 @@ def _observe_trackers(cfg: MochiConfig, instance) -> None:
         print(f"Warning: could not look at the trackers and CI systems: {err.description}", file=sys.stderr)
 
 
-def _plan(cfg: MochiConfig, defs, instance, wanted: set | None = None) -> tuple[list, list[str]]:
+def _plan(defs, instance, wanted: set | None = None) -> tuple[list, list[str]]:
     """Assets to run so everything (or ``wanted``) is up to date, in order, and notes for the person.
 
-    That is what Dagster calls stale or missing plus everything below it. Nothing is planned below a
-    model the quality gate rejected: it would only be rejected again.
+    That is what Dagster calls stale or missing plus everything below it, less what lies below a failed
+    blocking check (a leak found in the dataset, a model the quality gate rejected, a GGUF that failed
+    verification): it stays held back until the asset the check is on is rebuilt and passes.
     """
-    from mochi_pipeline.dagster_internals import asset_statuses, descendants
+    from mochi_pipeline.dagster_internals import asset_statuses
 
     statuses = asset_statuses(defs, instance)
     keys = [k for k, st in statuses.items() if st.needs_run and (wanted is None or k in wanted)]
     keys = [k for k in keys if not _no_partitions(defs, instance, k)]
-    notes = []
-    evaluation = next((k for k in statuses if k.to_user_string() == "evaluation_report"), None)
-    report = _stored(cfg, "evaluation_report")
-    if evaluation is not None and evaluation not in keys and report is not None and not report.accepted:
-        below = descendants(defs.resolve_asset_graph(), evaluation)
-        if blocked := [k for k in keys if k in below]:
-            keys = [k for k in keys if k not in below]
-            notes.append(f"Not running {', '.join(k.to_user_string() for k in blocked)}. {report.rejection()}")
-    return keys, notes
+    return _held_back(defs, instance, keys)
+
+
+def _held_back(defs, instance, keys: list) -> tuple[list, list[str]]:
+    from mochi_pipeline.blocking import held_back
+
+    return held_back(defs.resolve_asset_graph(), instance, keys)
 
 
 def _no_partitions(defs, instance, key) -> bool:
@@ -131,16 +130,6 @@ def _partition_range(defs, instance, keys: Sequence) -> dict[str, str]:
             partitions = partitions_def.get_partition_keys(dynamic_partitions_store=instance)
             return partition_range_tags(partitions)
     return {}
-
-
-def _stored(cfg: MochiConfig, name: str):
-    """The stored value of asset ``name``, or None."""
-    import dagster as dg
-
-    from mochi_pipeline.io_manager import asset_base, read_asset_file, stored_file
-
-    path = stored_file(asset_base(cfg.artifacts_path, dg.AssetKey(name)))
-    return read_asset_file(path) if path is not None else None
 
 
 def _select(defs, names: Sequence[str]) -> list:
@@ -239,6 +228,9 @@ def _execute(defs, instance, keys: list, tags: dict[str, str], notes: Sequence[s
             raise KeyboardInterrupt
         raise CLIError("The run failed.\n" + "\n".join(_failure_reasons(result))
                        + f"\nRun id: {result.run_id} (details in `mochi ui`).")
+    if reasons := _failure_reasons(result):  # every step ran, but a check of ERROR severity failed
+        raise CLIError("The run finished, but:\n" + "\n".join(reasons)
+                       + f"\nRun id: {result.run_id} (details in `mochi ui`).")
 
 
 def _is_terminal(stream) -> bool:
@@ -272,22 +264,34 @@ def cmd_run(args) -> None:
     if args.all or args.force:
         tags[FORCE_TAG] = "true"
     if args.select:
-        keys, notes = _select(defs, args.select), []
+        keys, notes = _held_back(defs, instance, _select(defs, args.select))
     elif args.all:
         everything = defs.resolve_asset_graph().materializable_asset_keys
-        keys, notes = _select(defs, [k.to_user_string() for k in everything]), []
+        keys, notes = _held_back(defs, instance, _select(defs, [k.to_user_string() for k in everything]))
     else:
-        keys, notes = _plan(cfg, defs, instance)
+        keys, notes = _plan(defs, instance)
     _execute(defs, instance, keys, tags, notes, log_dir=cfg.artifacts_path / "logs")
+    _fail_when_held_back(notes)
     print(f"Done. Artifacts under {cfg.artifacts_path}")
 
 
+def _fail_when_held_back(notes: Sequence[str]) -> None:
+    """A run that left assets behind a failed blocking check did not bring the project up to date: say so in the
+    exit code, so a nightly `mochi run` is seen to fail until the cause is fixed."""
+    if notes:
+        raise CLIError(f"{len(notes)} failed blocking check(s) held assets back (see above); fix the cause and "
+                       "run again.")
+
+
 def cmd_status(args) -> None:
+    from mochi_pipeline.blocking import blocked_assets, failed_blocking_checks
     from mochi_pipeline.dagster_internals import FRESH, STALE, asset_statuses
 
     cfg = load_config()
     defs, instance = _defs(cfg), _instance(cfg)
     _observe_sources(cfg, instance)
+    graph = defs.resolve_asset_graph()
+    blocked = blocked_assets(graph, instance)
     print(f"Project: {redact(cfg.repo_source)} @ {cfg.repo.rev}    artifacts: {cfg.artifacts_path}")
     for key, item in asset_statuses(defs, instance).items():
         causes = item.causes
@@ -295,13 +299,14 @@ def cmd_status(args) -> None:
         if status == FRESH and item.upstream_changed:
             status = STALE
             causes = [f"upstream {', '.join(item.upstream_changed[:3])} will change first (same run)"]
+        if key in blocked:
+            causes = [f"blocked: check {blocked[key].check} on {blocked[key].asset.to_user_string()} failed", *causes]
         partitions = f" ({len(item.partitions)} partitions)" if item.partitions else ""
         print(f"  {status:8} {key.to_user_string()}{partitions}")
         for cause in causes[:3]:
             print(f"           - {cause}")
-    report = _stored(cfg, "evaluation_report")
-    if report is not None and not report.accepted:
-        print(f"\nThe last fine-tuned model was rejected by the quality gate: {report.gate_reason}.")
+    for failed in failed_blocking_checks(graph, instance):
+        print(f"\nBlocked: {failed.describe()}")
 
 
 def cmd_report(args) -> None:
@@ -326,8 +331,9 @@ def cmd_export(args) -> None:
 
     defs, instance = _defs(cfg), _instance(cfg)
     tags = {COMMIT_TAG: _observe_sources(cfg, instance)}
-    keys, notes = _plan(cfg, defs, instance, wanted=set(_select(defs, [f"+{name}" for name in EXPORT_ASSETS])))
+    keys, notes = _plan(defs, instance, wanted=set(_select(defs, [f"+{name}" for name in EXPORT_ASSETS])))
     _execute(defs, instance, keys, tags, notes, log_dir=cfg.artifacts_path / "logs")
+    _fail_when_held_back(notes)
     print(f"Exports under {cfg.artifacts_path / 'gguf'}")
 
 
@@ -358,10 +364,18 @@ def cmd_serve(args) -> None:
 
 
 def _exported_gguf(cfg: MochiConfig, quantization: str) -> Path:
+    """The pipeline's exported GGUF, refused when its verification against transformers failed."""
+    import dagster as dg
+
+    from mochi_pipeline.blocking import failed_blocking_checks
+
     path = cfg.artifacts_path / "gguf" / "model" / f"{cfg.export.name}-{quantization}.gguf"
     if not path.is_file():
         raise CLIError(f"No {path.name} under {path.parent}. Run `mochi export` first (with {quantization} in "
                        "export.quantizations), or pass --model PATH.")
+    graph = _defs(cfg).resolve_asset_graph()
+    if failed := failed_blocking_checks(graph, _instance(cfg), [dg.AssetKey("gguf_model")]):
+        raise CLIError(f"Not serving {path}: {failed[0].describe()} (--model PATH serves a file you vouch for.)")
     return path
 
 

@@ -28,7 +28,7 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
         preprocessing.build_defs(cfg.chunking, cfg.dedup, cfg.filters, cfg.scrub, cfg.threads, paths),
         data_generation.build_defs(cfg.generation, cfg.scrub, paths),
         training.build_defs(cfg.training, paths),
-        deployment.build_defs(cfg.export, paths),
+        deployment.build_defs(cfg.export, paths, adapter=cfg.training.method != "full"),
     ]
     assets = [a for layer in layers for a in layer.assets or []]
     assets = automation.with_conditions(chain_code_versions(assets), cfg.automation)

@@ -190,9 +190,10 @@ def reuse(
     context.log.info(f"{key.to_user_string()}: inputs and settings unchanged since run {origin_run}; reusing it.")
     version = dg.DataVersion(last.materialization.tags[DATA_VERSION_TAG])
     output = dg.Output(Unchanged(run_id=origin_run), data_version=version,
+                       output_name=context.assets_def.get_output_name_for_asset_key(key),
                        metadata={**metadata, REUSED_KEY: origin_run})
     checks = [
-        dg.AssetCheckResult(check_name=c["check_name"], passed=c["passed"], description=c["description"],
+        dg.AssetCheckResult(asset_key=key, check_name=c["check_name"], passed=c["passed"], description=c["description"],
                             severity=dg.AssetCheckSeverity(c["severity"]), metadata=c["metadata"])
         for c in (summary.value if summary is not None else [])
     ]

@@ -37,7 +37,8 @@ def _graph_summary(graph) -> dict:
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "kinds": sorted(k.removeprefix("dagster/kind/") for k in node.tags if k.startswith("dagster/kind/")),
             "has_code_version": node.code_version is not None,
-            "checks": sorted(c.name for c in node.check_keys),
+            "checks": sorted(c.name + (" (blocking)" if graph.get_check_spec(c).blocking else "")
+                             for c in node.check_keys),
             "automation": condition.get_label() if condition is not None else None,
             **({"partitions": node.partitions_def.name,
                 "backfill_policy": str(node.backfill_policy.policy_type.value)} if node.partitions_def else {}),

@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from mochi_pipeline.blocking import refuse_when_blocked
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
 from mochi_pipeline.deployment.assist import Assistant
 from mochi_pipeline.deployment.assist_eval import evaluate_rerank
@@ -23,7 +24,7 @@ from mochi_pipeline.deployment.fault_eval import evaluate_faults
 from mochi_pipeline.deployment.gguf_export import GGUFExport, GGUFLoraAdapter, export_gguf, export_lora
 from mochi_pipeline.deployment.gguf_verify import Reference, VerificationReport, verify_export, verify_gguf
 from mochi_pipeline.deployment.settings import ExportSettings
-from mochi_pipeline.deployment.significance import SIGNIFICANCE
+from mochi_pipeline.deployment.significance import SIGNIFICANCE, binomial_tail
 from mochi_pipeline.execution import CONVERT_POD, GPU_POOL
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import png_markdown
@@ -57,7 +58,9 @@ def _files_exist(*paths: str) -> bool:
     return all(Path(p).is_file() for p in paths)
 
 
-def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
+def build_defs(export: ExportSettings, paths: ProjectPaths, adapter: bool = True) -> dg.Definitions:
+    """``adapter``: training makes an adapter (LoRA, QLoRA), so base + adapter in llama.cpp can be checked against
+    the merged model; a full fine-tune has none, and no such check (it would measure nothing)."""
     root = paths.artifacts
 
     @dg.asset(
@@ -90,6 +93,7 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
     @dg.asset_check(
         asset=gguf_model,
         additional_ins={"merged_model": dg.AssetIn("merged_model")},
+        blocking=True,  # a GGUF that does not run like the model it came from is never served or evaluated
         description="llama.cpp runs each GGUF like transformers runs the merged model: same token ids, float "
                     "logits within tolerance, quantized top-1 agreement, chat template and eos kept.",
     )
@@ -110,13 +114,12 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
         op_tags=CONVERT_POD,
         check_specs=[dg.AssetCheckSpec("lora_reproduces_merged_model", asset="gguf_lora_adapter",
                                        description="Base GGUF + LoRA GGUF in llama.cpp = base + adapter merged "
-                                                   "in transformers.")],
+                                                   "in transformers.")] if adapter else [],
     )
     def gguf_lora_adapter(context: dg.AssetExecutionContext, fine_tuned_adapter: FineTunedAdapter,
                           evaluation_report: EvaluationReport) -> Iterator:
         """The accepted LoRA adapter as a GGUF LoRA (llama.cpp `--lora`) plus its base model as GGUF."""
-        if not evaluation_report.accepted:
-            raise dg.Failure(description=evaluation_report.rejection())
+        refuse_when_blocked(context)
         still_there = lambda r: r.skipped or _files_exist(r.path, r.base_gguf_path)  # noqa: E731
         if (events := reuse(context, root, still_valid=still_there)) is not None:
             yield from events
@@ -124,11 +127,8 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
         if fine_tuned_adapter.method == "full":
             reason = "training.method is 'full': the whole model was trained, there is no adapter (use gguf_model)."
             context.log.info(reason)
-            output = dg.Output(GGUFLoraAdapter(skipped=reason), data_version=dg.DataVersion(content_hash(reason)),
-                               metadata={"skipped": reason})
-            yield from checked(output, [dg.AssetCheckResult(
-                check_name="lora_reproduces_merged_model", passed=True, severity=dg.AssetCheckSeverity.WARN,
-                metadata={"skipped": reason})])
+            yield dg.Output(GGUFLoraAdapter(skipped=reason), data_version=dg.DataVersion(content_hash(reason)),
+                            metadata={"skipped": reason})
             return
         adapter_dir, base_dir = Path(fine_tuned_adapter.path), Path(fine_tuned_adapter.base.path)
         result = export_lora(adapter_dir, base_dir, paths.path(GGUF_DIR, "lora"), name=export.name,
@@ -156,6 +156,7 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
     def ollama_modelfile(context: dg.AssetExecutionContext, gguf_model: GGUFExport) -> Iterator:
         """An Ollama Modelfile next to the GGUF files: FROM, TEMPLATE from the model's chat template, stop tokens,
         SYSTEM and sampling parameters. Register it with `ollama create`."""
+        refuse_when_blocked(context)
         if (events := reuse(context, root, still_valid=lambda r: _files_exist(r.path))) is not None:
             yield from events
             return
@@ -170,20 +171,25 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
             "stop_tokens": ", ".join(record.stop),
         })
 
-    @dg.asset(
-        group_name=GROUP,
-        kinds={"llamacpp"},
-        code_version=f"{LOGIC_VERSION}-{export.signature('assist_candidates', 'assist_max_cases')}",
+    # A multi_asset only so that rerank_beats_chance can be skipped (left out) when too few cases were measured to
+    # tell anything: can_subset makes its result optional, and Dagster then shows the check as skipped, not passed.
+    @dg.multi_asset(
+        outs={"assist_evaluation": dg.AssetOut(
+            group_name=GROUP, kinds={"llamacpp"},
+            code_version=f"{LOGIC_VERSION}-{export.signature('assist_candidates', 'assist_max_cases')}",
+            description="How well the exported model reranks: for held-out later commits, the real change among "
+                        "export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy "
+                        "vs chance), and how well verify flags a fault planted in held-out functions (against a "
+                        "random pick); each next to the base model (its GGUF from gguf_lora_adapter) on the same "
+                        "cases.")},
         check_specs=[dg.AssetCheckSpec("rerank_beats_chance", asset="assist_evaluation",
                                        description="Reranking held-out changes among distractors, the exported "
                                                    "model puts the real one first more often than chance.")],
+        can_subset=True,
     )
     def assist_evaluation(context: dg.AssetExecutionContext, gguf_model: GGUFExport,
                           gguf_lora_adapter: GGUFLoraAdapter, training_dataset: TrainingDatasetArtifact) -> Iterator:
-        """How well the exported model reranks: for held-out later commits, the real change among
-        export.assist_candidates - 1 changes of other commits, scored by llama.cpp (top-1 accuracy vs chance), and
-        how well verify flags a fault planted in held-out functions (against a random pick); each next to the base
-        model (its GGUF from gguf_lora_adapter) on the same cases."""
+        refuse_when_blocked(context)
         if (events := reuse(context, root)) is not None:
             yield from events
             return
@@ -228,20 +234,26 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
                              "example": dg.MetadataValue.json(report.example),
                              "plot": png_markdown(png, "rerank accuracy vs chance"),
                              "plot_png": dg.MetadataValue.path(str(plot))})
-        output = dg.Output(report, data_version=dg.DataVersion(content_hash(report.model_dump_json())),
-                           metadata=metadata)
-        # Passed only on a gain over chance that is significant (one-sided binomial p < 0.01); a check that measured
-        # nothing fails. An ERROR with a real base; the `tiny` base is known to rerank at chance, so a WARN there.
-        passed = report.p_value is not None and report.p_value < SIGNIFICANCE
+        # Passed only on a gain over chance that is significant (one-sided binomial p < 0.01): an ERROR with a real
+        # base; the `tiny` base is known to rerank at chance, so a WARN there. Skipped when even a perfect score on
+        # the cases measured could not be significant: it would say nothing.
         at_chance = gguf_model.base_name in ("", "tiny")
+        if report.skipped or binomial_tail(report.n_cases, report.n_cases, report.chance) >= SIGNIFICANCE:
+            why = report.skipped or (f"{report.n_cases} case(s) cannot show a gain over a chance of "
+                                     f"{report.chance:.0%} at p < {SIGNIFICANCE}")
+            context.log.warning(f"rerank_beats_chance skipped: {why}")
+            yield dg.Output(report, output_name="assist_evaluation", metadata={**metadata, "check_skipped": why},
+                            data_version=dg.DataVersion(content_hash(report.model_dump_json())))
+            return
+        output = dg.Output(report, output_name="assist_evaluation", metadata=metadata,
+                           data_version=dg.DataVersion(content_hash(report.model_dump_json())))
         yield from checked(output, [dg.AssetCheckResult(
-            check_name="rerank_beats_chance", passed=passed,
+            asset_key="assist_evaluation", check_name="rerank_beats_chance", passed=report.p_value < SIGNIFICANCE,
             severity=dg.AssetCheckSeverity.WARN if at_chance else dg.AssetCheckSeverity.ERROR,
-            description=report.skipped or (f"top-1 {report.accuracy:.0%} of {report.n_cases} vs chance "
-                                           f"{report.chance:.0%}, p = {report.p_value:.2g} (needs < {SIGNIFICANCE})"),
-            metadata={"accuracy": report.accuracy if report.accuracy is not None else "not measured",
-                      "chance": report.chance, "cases": report.n_cases,
-                      "p_value": report.p_value if report.p_value is not None else "not measured"})])
+            description=f"top-1 {report.accuracy:.0%} of {report.n_cases} vs chance {report.chance:.0%}, "
+                        f"p = {report.p_value:.2g} (needs < {SIGNIFICANCE})",
+            metadata={"accuracy": report.accuracy, "chance": report.chance, "cases": report.n_cases,
+                      "p_value": report.p_value})])
 
     @dg.asset(group_name=GROUP, kinds={"llamacpp"},
               code_version=f"{LOGIC_VERSION}-{export.signature('completion_max_cases')}")
@@ -251,6 +263,7 @@ def build_defs(export: ExportSettings, paths: ProjectPaths) -> dg.Definitions:
         """How well the exported model completes held-out code as `mochi serve` does (greedy, llama.cpp): the next
         line after the code before it, and the middle between a prefix and a suffix (/infill), exact match and edit
         similarity next to the base model's (its GGUF from gguf_lora_adapter) on the same cases."""
+        refuse_when_blocked(context)
         if (events := reuse(context, root)) is not None:
             yield from events
             return

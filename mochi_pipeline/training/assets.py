@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mochi_pipeline.blocking import refuse_when_blocked
 from mochi_pipeline.data_generation.dataset_builder import TrainingDatasetArtifact
 from mochi_pipeline.execution import CONVERT_POD, GPU_POD, GPU_POOL, training_pod
 from mochi_pipeline.incremental import checked, reuse
@@ -101,6 +102,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
 
         Continues the last accepted model when training.warm_start allows it; resumes a killed run.
         """
+        refuse_when_blocked(context)
         still_there = lambda r: (Path(r.path) / trainer.RESULT_FILE).is_file()  # noqa: E731
         if (events := reuse(context, root, still_valid=still_there)) is not None:
             yield from events
@@ -187,6 +189,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
     def evaluation_report(context: dg.AssetExecutionContext, base_model: BaseModelArtifact,
                           fine_tuned_adapter: FineTunedAdapter, training_dataset: TrainingDatasetArtifact) -> Iterator:
         """Base vs fine-tuned (vs the model it would replace) on the held-out split, and the quality gate."""
+        refuse_when_blocked(context)
         if (events := reuse(context, root)) is not None:
             yield from events
             return
@@ -251,8 +254,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
     def merged_model(context: dg.AssetExecutionContext, base_model: BaseModelArtifact,
                      fine_tuned_adapter: FineTunedAdapter, evaluation_report: EvaluationReport) -> Iterator:
         """The accepted adapter merged into the base: one safetensors checkpoint with tokenizer and model card."""
-        if not evaluation_report.accepted:
-            raise dg.Failure(description=evaluation_report.rejection())
+        refuse_when_blocked(context)
         if (events := reuse(context, root, still_valid=lambda r: Path(r.path).is_dir())) is not None:
             yield from events
             return
