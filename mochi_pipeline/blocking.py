@@ -15,8 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from mochi_pipeline.dagster_internals import descendants
 
@@ -49,8 +47,8 @@ def failed_blocking_checks(graph, instance: dg.DagsterInstance,
 
 def _failed(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> FailedCheck | None:
     record = next((r for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=HISTORY)
-                   if r.status != AssetCheckExecutionRecordStatus.PLANNED), None)
-    if record is None or record.status != AssetCheckExecutionRecordStatus.FAILED or record.event is None:
+                   if r.status.value != "PLANNED"), None)
+    if record is None or record.status.value != "FAILED" or record.event is None:
         return None
     evaluation = record.event.dagster_event.event_specific_data
     if evaluation.severity != dg.AssetCheckSeverity.ERROR:
@@ -68,7 +66,7 @@ def _blocking_checks_of(instance: dg.DagsterInstance, asset: dg.AssetKey) -> lis
     latest = instance.fetch_materializations(asset, limit=1).records
     if not latest:
         return []
-    events = instance.all_logs(latest[0].run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    events = instance.all_logs(latest[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     return sorted({dg.AssetCheckKey(asset, e.dagster_event.event_specific_data.check_name) for e in events
                    if e.dagster_event.event_specific_data.asset_key == asset
                    and e.dagster_event.event_specific_data.blocking}, key=lambda k: k.name)

@@ -38,7 +38,6 @@ def build_defs(cfg: MochiConfig) -> dg.Definitions:
     return dg.Definitions.merge(
         dg.Definitions(
             assets=assets,
-            asset_checks=[c for layer in layers for c in layer.asset_checks or []],
             resources=resources,
             executor=build_executor(cfg.execution),
         ),

@@ -192,9 +192,11 @@ def reuse(
     output = dg.Output(Unchanged(run_id=origin_run), data_version=version,
                        output_name=context.assets_def.get_output_name_for_asset_key(key),
                        metadata={**metadata, REUSED_KEY: origin_run})
+    current = {spec.name for spec in context.assets_def.check_specs if spec.asset_key == key}
     checks = [
         dg.AssetCheckResult(asset_key=key, check_name=c["check_name"], passed=c["passed"], description=c["description"],
                             severity=dg.AssetCheckSeverity(c["severity"]), metadata=c["metadata"])
         for c in (summary.value if summary is not None else [])
+        if c["check_name"] in current  # a check since removed is not repeated
     ]
     return list(checked(output, checks)) if checks else [output]

@@ -39,7 +39,7 @@ def materialize(cfg: MochiConfig, selection: Sequence[str], instance: dg.Dagster
             tags.update(partition_range_tags(partitions))
         else:  # a repository without code: nothing to chunk, as `mochi run` leaves it out
             selection = [name for name in selection if name != "code_chunks"]
-    return dg.materialize([*defs.assets, *defs.asset_checks], selection=list(selection), resources=defs.resources,
+    return dg.materialize(list(defs.assets), selection=list(selection), resources=defs.resources,
                           instance=instance, tags=tags, **kwargs)
 
 

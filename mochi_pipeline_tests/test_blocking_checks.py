@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -32,13 +33,17 @@ def _nightly_tick(defs: dg.Definitions, instance: dg.DagsterInstance, when: dt.d
                                              asset_selection=dg.AssetSelection.groups("training", "deployment"))
 
 
-def test_a_leaking_dataset_never_trains_until_a_rebuild_passes(sample_repo, tmp_path):
+def _project(sample_repo, tmp_path, **sections) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(sample_repo, repo)
     (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
-        "generation": {"eval_time_share": 0.3}, "training": PROJECT_TRAINING,
-        "automation": {"retrain_cron": "0 3 * * *", "timezone": "UTC"}}))
+        "generation": {"eval_time_share": 0.3}, "training": PROJECT_TRAINING, **sections}))
+    return repo
+
+
+def test_a_leaking_dataset_never_trains_until_a_rebuild_passes(sample_repo, tmp_path):
+    repo = _project(sample_repo, tmp_path, automation={"retrain_cron": "0 3 * * *", "timezone": "UTC"})
     # A Q&A reply cached from a model that wrote a key into its answer: it reaches the final texts unscrubbed.
     reply = repo / ".mochi" / "cache" / "qa" / "reply.json"
     reply.parent.mkdir(parents=True)
@@ -94,13 +99,8 @@ def test_a_leaking_dataset_never_trains_until_a_rebuild_passes(sample_repo, tmp_
 
 
 def test_a_gguf_that_fails_verification_is_never_served(sample_repo, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(sample_repo, repo)
-    (repo / ".gitignore").write_text(".mochi/\n")
     # A tolerance tighter than f16's own rounding: the export cannot match transformers within it.
-    (repo / "mochi.yaml").write_text(yaml.safe_dump({
-        "generation": {"eval_time_share": 0.3}, "training": PROJECT_TRAINING,
-        "export": {"quantizations": ["f16"], "max_logit_diff_f16": 1e-9}}))
+    repo = _project(sample_repo, tmp_path, export={"quantizations": ["f16"], "max_logit_diff_f16": 1e-9})
     failed = "check gguf_matches_transformers on gguf_model failed"
 
     first = mochi(repo, "run", check=False)

@@ -3,7 +3,10 @@
 Whatever reaches the dataset splits, the generators' outputs or the Q&A reply cache went through
 ``clean_files``/``clean_commits`` first, so a hit here means a leak (or a model-written secret in a
 Q&A reply) and blocks training. A hit is reported by type and where it is, never by its value.
-Texts found clean before (same text, same detector settings) are not scanned again.
+Each text is scanned as from the file it came from (a row's ``path``), so the rules that hold only in
+config files (unquoted assignments, high-entropy strings) run where they ran upstream: the scan is
+the full detector, not a weaker copy. Texts found clean before (same text and path, same detector
+settings) are not scanned again.
 """
 
 from __future__ import annotations
@@ -47,23 +50,24 @@ class CleanTexts:
         atomic_write_text(self.path, "\n".join(sorted(keys)))
 
 
-def scan(texts: Iterable[tuple[str, str]], settings: ScrubSettings, cache_root: Path | None = None,
+def scan(texts: Iterable[tuple[str, str, str]], settings: ScrubSettings, cache_root: Path | None = None,
          max_where: int = 20) -> LeakReport:
-    """Scan (where, text) pairs; ``where`` names the artifact and row for the report."""
+    """Scan (where, text, path) triples; ``where`` names the artifact and row for the report, ``path`` is the file
+    the text came from ("" when none: a commit message, a Q&A reply)."""
     scrubber = Scrubber(settings)
     store = CleanTexts(cache_root, settings) if cache_root is not None else None
     known = store.load() if store is not None else set()
     clean_now: set[str] = set()
     report = LeakReport()
-    for where, text in texts:
+    for where, text, path in texts:
         report.scanned += 1
         if not text:
             continue
-        key = text_key(text)
+        key = text_key(f"{path}\0{text}")
         if key in known or key in clean_now:
             clean_now.add(key)
             continue
-        findings = scrubber.find(text)
+        findings = scrubber.find(text, path)
         if not findings:
             clean_now.add(key)
             continue

@@ -69,6 +69,12 @@ def build_defs(export: ExportSettings, paths: ProjectPaths, adapter: bool = True
         code_version=f"{LOGIC_VERSION}-{export.signature('quantizations', 'model_name')}",
         pool=GPU_POOL,  # a whole model in memory, like training
         op_tags=CONVERT_POD,
+        # Blocking: a GGUF that does not run like the model it came from is never served or evaluated. Checked in
+        # the asset's own step, so the automation sees the check coming with the asset in one tick.
+        check_specs=[dg.AssetCheckSpec(
+            "gguf_matches_transformers", asset="gguf_model", blocking=True,
+            description="llama.cpp runs each GGUF like transformers runs the merged model: same token ids, float "
+                        "logits within tolerance, quantized top-1 agreement, chat template and eos kept.")],
     )
     def gguf_model(context: dg.AssetExecutionContext, merged_model: MergedModel) -> Iterator:
         """The merged fine-tuned model as GGUF files (export.quantizations), converted by llama.cpp's own
@@ -83,28 +89,18 @@ def build_defs(export: ExportSettings, paths: ProjectPaths, adapter: bool = True
         sizes = "\n".join(f"| {f.quantization} | {_mib(f.size_bytes)} | `{Path(f.path).name}` |" for f in result.files)
         skipped = "\n".join(f"- **{q}**: {why}" for q, why in result.skipped.items()) or "none"
         version = content_hash(*(file_sha256(f.path) for f in result.files))
-        yield dg.Output(result, data_version=dg.DataVersion(version), metadata={
+        output = dg.Output(result, data_version=dg.DataVersion(version), metadata={
             "files": dg.MetadataValue.md(f"| quantization | size | file |\n|---|---|---|\n{sizes}"),
             "skipped": dg.MetadataValue.md(skipped),
             "directory": dg.MetadataValue.path(result.directory),
             **{f"size_bytes_{f.quantization}": f.size_bytes for f in result.files},
         })
-
-    @dg.asset_check(
-        asset=gguf_model,
-        additional_ins={"merged_model": dg.AssetIn("merged_model")},
-        blocking=True,  # a GGUF that does not run like the model it came from is never served or evaluated
-        description="llama.cpp runs each GGUF like transformers runs the merged model: same token ids, float "
-                    "logits within tolerance, quantized top-1 agreement, chat template and eos kept.",
-    )
-    def gguf_matches_transformers(context: dg.AssetCheckExecutionContext, gguf_model: GGUFExport,
-                                  merged_model: MergedModel) -> dg.AssetCheckResult:
-        files = {f.quantization: Path(f.path) for f in gguf_model.files}
+        files = {f.quantization: Path(f.path) for f in result.files}
         context.log.info(f"Comparing {sorted(files)} with {merged_model.path}")
         report = verify_export(Path(merged_model.path), files, export.tolerances())
-        return dg.AssetCheckResult(
-            passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=_verification_metadata(report)
-        )
+        yield from checked(output, [dg.AssetCheckResult(
+            check_name="gguf_matches_transformers", passed=report.passed, severity=dg.AssetCheckSeverity.ERROR,
+            metadata=_verification_metadata(report))])
 
     @dg.asset(
         group_name=GROUP,
@@ -304,6 +300,4 @@ def build_defs(export: ExportSettings, paths: ProjectPaths, adapter: bool = True
                         metadata=metadata)
 
     return dg.Definitions(
-        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation, completion_evaluation],
-        asset_checks=[gguf_matches_transformers],
-    )
+        assets=[gguf_model, gguf_lora_adapter, ollama_modelfile, assist_evaluation, completion_evaluation])

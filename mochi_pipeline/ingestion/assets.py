@@ -202,9 +202,6 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
         kinds={"git", "python"},
         code_version=f"{LOGIC_VERSION}-{repo.signature('max_commits', 'max_diff_bytes', 'branches')}",
         retry_policy=retries,
-        check_specs=[dg.AssetCheckSpec("commit_history_starts_at_rev", asset="commit_history",
-                                       description="The newest commit read is repo.rev itself (with repo.branches: "
-                                                   "repo.rev's commit is among those read).")],
     )
     def commit_history(context: dg.AssetExecutionContext) -> Iterator:
         """Up to repo.max_commits commits reachable from repo.rev or repo.branches (each once), newest first,
@@ -263,11 +260,7 @@ def build_defs(repo: RepoSettings, sources: SourceSettings, paths: ProjectPaths)
             "refs": dg.MetadataValue.md(_refs_table(refs)),
             "refs_fingerprint": fingerprint,
         })
-        first_ok = not commits or commits[0].sha == sha or (bool(repo.branches) and sha in {c.sha for c in commits})
-        yield from checked(output, [dg.AssetCheckResult(
-            check_name="commit_history_starts_at_rev", passed=first_ok,
-            metadata={"rev_commit": sha, "first_commit": commits[0].sha if commits else ""},
-        )])
+        yield output
 
     return dg.Definitions(assets=[git_repository, source_files, commit_history])
 

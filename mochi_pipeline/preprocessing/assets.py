@@ -27,7 +27,6 @@ from mochi_pipeline.preprocessing.code_partitions import partition_of
 from mochi_pipeline.preprocessing.conventions import mine_conventions
 from mochi_pipeline.preprocessing.deduplicator import deduplicate, signature_store
 from mochi_pipeline.preprocessing.doc_normalizer import normalize_section
-from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.settings import (
     ChunkingSettings,
     DedupSettings,
@@ -159,8 +158,6 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         group_name=GROUP,
         kinds={"python", "markdown"},
         code_version=f"normalizer{NORMALIZER_VERSION}",
-        check_specs=[dg.AssetCheckSpec("doc_sections_not_empty", asset="doc_sections",
-                                       description="Every section has text or a code block after normalisation.")],
     )
     def doc_sections(context: dg.AssetExecutionContext, clean_files: list[SourceFile]) -> Iterator:
         """Documentation (Markdown, reStructuredText, AsciiDoc, README-like text) split by heading and normalised.
@@ -197,10 +194,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
             "dropped_sections_by_reason": dg.MetadataValue.json(dict(dropped)),
             "preview": dg.MetadataValue.md(preview),
         })
-        empty = [f"{s.path}:{s.start_line}" for s in sections if not (s.text.strip() or s.code_blocks)]
-        yield from checked(output, [dg.AssetCheckResult(
-            check_name="doc_sections_not_empty", passed=not empty,
-            metadata={"empty": len(empty), "examples": dg.MetadataValue.json(empty[:10])})])
+        yield output
 
     @dg.asset(group_name=GROUP, kinds={"python"}, code_version=f"conventions{CONVENTIONS_VERSION}")
     def project_conventions(context: dg.AssetExecutionContext, clean_files: list[SourceFile]) -> Iterator:
@@ -225,7 +219,6 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         partitions_def=CODE_PARTITIONS,
         backfill_policy=dg.BackfillPolicy.multi_run(chunking.partitions_per_run),
         check_specs=[
-            dg.AssetCheckSpec("code_chunks_not_empty", asset="code_chunks", description="No chunk is blank."),
             dg.AssetCheckSpec("code_chunks_within_budget", asset="code_chunks",
                               description="Every chunk has at most chunking.max_tokens tokens."),
             dg.AssetCheckSpec("code_chunks_cover_every_directory", asset="code_chunks",
@@ -296,11 +289,9 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
                 "skipped_files_by_reason": dg.MetadataValue.json(dict(sorted(skipped.items()))),
                 "dropped_by_reason": dg.MetadataValue.json({"punctuation_only": stats.dropped_punctuation}),
             })
-        blank = [c.id for c in chunks if not c.text.strip()]
         over = [f"{c.path}:{c.start_line} ({c.n_tokens})" for c in chunks if c.n_tokens > chunking.max_tokens]
         missing = dict(sorted(unregistered.items()))
         yield from checked(output, [
-            dg.AssetCheckResult(check_name="code_chunks_not_empty", passed=not blank, metadata={"blank": len(blank)}),
             dg.AssetCheckResult(check_name="code_chunks_within_budget", passed=not over,
                                 metadata={"over_budget": len(over), "max_tokens": chunking.max_tokens,
                                           "examples": dg.MetadataValue.json(over[:10])}),
@@ -317,8 +308,6 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         group_name=GROUP,
         kinds={"python"},
         code_version=f"dedup{DEDUP_VERSION}-{dedup.signature()}",
-        check_specs=[dg.AssetCheckSpec("no_exact_duplicates_left", asset="deduplicated_chunks",
-                                       description="No two kept chunks have the same whitespace-normalised text.")],
     )
     def deduplicated_chunks(context: dg.AssetExecutionContext, config: PreprocessingRunConfig,
                             code_chunks: list[Chunk]) -> Iterator:
@@ -351,10 +340,7 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
             "largest_clusters": dg.MetadataValue.md(clusters_md),
             "preview": dg.MetadataValue.md(_chunk_preview(result.kept)),
         })
-        seen: Counter[str] = Counter(text_key(c.text) for c in result.kept)
-        repeats = sum(n - 1 for n in seen.values() if n > 1)
-        yield from checked(output, [dg.AssetCheckResult(
-            check_name="no_exact_duplicates_left", passed=repeats == 0, metadata={"exact_duplicates": repeats})])
+        yield output
 
     @dg.asset(group_name=GROUP, kinds={"python"},
               code_version=f"threads{THREAD_CLEANER_VERSION}-{threads.signature()}-{scrub.signature()}")

@@ -24,7 +24,7 @@ from mochi_pipeline.records import Commit, SourceFile
 from mochi_pipeline.storage import content_hash
 
 # Bump when scrubbing changes what it finds or writes: part of every cache key and the assets' code versions.
-CLEANER_VERSION = "3"
+CLEANER_VERSION = "4"
 SECRET_FILE = "secret_file"
 PARALLEL_MIN_BYTES = 1_000_000
 

@@ -125,6 +125,9 @@ _SECRET_NAMES = tuple(sorted({w.replace("_?", sep) for w in ("token", "access_?k
 _ASSIGNED_VALUE = re.compile(r"[A-Za-z0-9_-]*['\"]?\s*[:=]\s*['\"]([^'\"\s]{16,})['\"]")
 # In a config file the value needs no quotes (YAML `api_token: 9f8e...`, INI, env files).
 _ASSIGNED_VALUE_UNQUOTED = re.compile(r"[A-Za-z0-9_-]*['\"]?[ \t]*[:=][ \t]*([^'\"\s,;#]{16,})[ \t]*$", re.M)
+# A name, not a password: an environment variable's (MOCHI_API_KEY) or words joined by _ or - (secret_file).
+# benchmarks/secrets.py found these behind most of the keyword rule's hits in real code.
+_IDENTIFIER = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[a-z]+(?:[_-][a-z]+)+")
 _PLACEHOLDER = re.compile(r"<(?:SECRET:[a-z0-9_]+|EMAIL|IP_ADDRESS|PHONE)>")
 _PEM_BLOCK = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----.*?-----END \1-----", re.S
@@ -220,10 +223,11 @@ class Scrubber:
                       and not _URL_USERINFO.search(text[max(0, m.start() - 200):m.start()])]
             found += [Finding("phone", m.start(), m.end()) for m in _PHONE.finditer(text)
                       if sum(c.isdigit() for c in m.group(0)) >= 9]
-        # Placeholders written by an earlier scrub are not findings (a scrubbed text scans clean).
+        # Placeholders written by an earlier scrub are not findings, nor is what a rule reads into one (the YAML
+        # keyword rule takes `<SECRET:token>` for `secret: token>`): a scrubbed text scans clean.
         written = [m.span() for m in _PLACEHOLDER.finditer(text)] if "<" in text else []
         return _non_overlapping([f for f in found if text[f.start:f.end] not in self.allow
-                                 and not any(a <= f.start and f.end <= b for a, b in written)])
+                                 and not any(f.start < b and a < f.end for a, b in written)])
 
     def _assignments(self, text: str, lowered: str, path: str, entropy_here: bool) -> list[Finding]:
         """Values assigned to secret-sounding names, and high-entropy strings in config files, line by line
@@ -246,7 +250,7 @@ class Scrubber:
                 values += [(v, "high_entropy_string") for plugin in self.entropy for v in plugin.analyze_string(line)
                            if plugin.calculate_shannon_entropy(v) > plugin.entropy_limit]
             for value, name in values:
-                if not _plausible_secret(value):
+                if not _plausible_secret(value) or (name == "password" and _IDENTIFIER.fullmatch(value)):
                     continue
                 at = line.find(value)
                 while at != -1:

@@ -44,13 +44,21 @@ def _ratio(tuned: float | None, base: float | None) -> float | str:
 
 
 def read_accepted(root: Path) -> AcceptedModel | None:
-    """The last model that passed the quality gate, if its files are still there."""
-    base = root / "training" / ACCEPTED
-    try:
-        record = read_asset_file(base.with_suffix(".json"))
-    except (FileNotFoundError, ArtifactError):
+    """The last model that passed the quality gate (None before the first); a damaged record is an error, never
+    read as "none": the gate would then compare with the base only, in silence."""
+    path = (root / "training" / ACCEPTED).with_suffix(".json")
+    if not path.exists():
         return None
-    return record if (Path(record.adapter_path) / trainer.RESULT_FILE).is_file() else None
+    try:
+        return read_asset_file(path)
+    except ArtifactError as err:
+        raise dg.Failure(description=f"{path} is damaged ({err}). It records the model being served, which a new "
+                         "model must beat. Restore it, or delete it to compare with the base model only (the next "
+                         "accepted model writes it again).") from None
+
+
+def _files_there(accepted: AcceptedModel) -> bool:
+    return (Path(accepted.adapter_path) / trainer.RESULT_FILE).is_file()
 
 
 def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definitions:
@@ -109,7 +117,9 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             return
         accepted = read_accepted(root) if training.warm_start else None
         init_from, start = None, "the base model (training.warm_start is off)"
-        if accepted is not None:
+        if accepted is not None and not _files_there(accepted):
+            start = f"the base model: the accepted model's files at {accepted.adapter_path} are gone"
+        elif accepted is not None:
             why_not = trainer.warm_start_refusal(Path(accepted.adapter_path), base_model.resolved(), training)
             if why_not:
                 start = f"the base model: the accepted model of run {accepted.run_id} cannot be continued ({why_not})"
@@ -195,13 +205,19 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             return
         final = Path(fine_tuned_adapter.path)
         accepted = read_accepted(root)
-        previous = None
+        previous, not_compared = None, ""
         if accepted is not None and Path(accepted.adapter_path) != final:
-            earlier = trainer.TrainingResult.load(accepted.adapter_path)
-            if earlier.base_path == base_model.path:
-                previous = accepted
+            if not _files_there(accepted):
+                not_compared = f"its files at {accepted.adapter_path} are gone"
+            elif (earlier := trainer.TrainingResult.load(accepted.adapter_path).base_path) != base_model.path:
+                not_compared = (f"it was trained on another base ({earlier}), and perplexities of two tokenizers do "
+                                "not compare")
             else:
-                context.log.info("The accepted model has another base: not compared.")
+                previous = accepted
+        if not_compared:
+            not_compared = (f"Not compared with the model being served (accepted in run {accepted.run_id}): "
+                            f"{not_compared}. The gate compared with the base model only.")
+            context.log.warning(not_compared)
         out_dir = final.parent / "evaluation"
         try:
             report = evaluation.evaluate(
@@ -218,7 +234,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             write_asset_file(root / "training" / ACCEPTED, AcceptedModel(
                 adapter_path=str(final), method=fine_tuned_adapter.method, run_id=fine_tuned_adapter.run_id,
                 perplexity=report["fine_tuned"]["overall"]["perplexity"]))
-        markdown = (out_dir / evaluation.REPORT_MD).read_text(encoding="utf-8")
+        markdown = (out_dir / evaluation.REPORT_MD).read_text(encoding="utf-8") + (f"\n{not_compared}\n"
+                                                                                     if not_compared else "")
         record = EvaluationReport(path=str(out_dir), markdown=markdown, metrics=report,
                                   fine_tuned_better=report["fine_tuned_better"], accepted=accepted_now,
                                   gate_reason=reason, adapter_path=str(final))
@@ -243,7 +260,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
                        if training.quality_gate else " (training.quality_gate is off: exported anyway.)")
         yield from checked(output, [dg.AssetCheckResult(
             check_name="quality_gate", passed=passed, severity=gate_severity,
-            description=f"{reason[0].upper()}{reason[1:]}.{consequence}",
+            description=f"{reason[0].upper()}{reason[1:]}.{consequence}" + (f" {not_compared}" if not_compared else ""),
             metadata={"perplexity_base": overall["base"].get("perplexity"),
                       "perplexity_fine_tuned": overall["fine_tuned"].get("perplexity"),
                       "perplexity_replaced": overall["previous"].get("perplexity") if previous else None},

@@ -53,7 +53,7 @@ def test_materialize_source_files_and_commit_history(sample_repo, tmp_path):
     assert "Make clamp" not in history_meta["preview"]  # subjects may hold secrets: only clean_commits shows them
 
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"source_files_found": True, "commit_history_starts_at_rev": True}
+    assert checks == {"source_files_found": True}
 
 
 def test_data_versions_follow_content(sample_repo, tmp_path):
@@ -175,8 +175,6 @@ def test_commit_history_reads_repo_branches_and_lists_branches_and_tags(tmp_path
     assert [x.sha for x in commits] == [c, b, a]  # A is on both branches: read once
     assert {x.sha: x.tags for x in commits} == {c: [], b: [], a: ["v1.0"]}
     assert _metadata(both, "commit_history")["heads"] == {"HEAD": b, "dev": c}
-    assert {e.check_name: e.passed for e in both.get_asset_check_evaluations()} == {
-        "commit_history_starts_at_rev": True}
 
 
 def test_unknown_branch_fails_naming_repo_branches_and_the_known_ones(tmp_path):

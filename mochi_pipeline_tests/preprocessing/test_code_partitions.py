@@ -106,7 +106,7 @@ def test_a_directory_no_partition_holds_fails_a_check_naming_it_and_the_fix(repo
            {"plugins/csv/reader.py": "def read(path):\n    return open(path).read()\n"})
     # A launch that did not register the new directory first (an old partition list, as in a stale UI).
     defs = build_defs(cfg)
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=PREPROCESSING[:3], resources=defs.resources,
+    result = dg.materialize(list(defs.assets), selection=PREPROCESSING[:3], resources=defs.resources,
                             instance=instance, tags=partition_range_tags(known), raise_on_error=False)
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "code_chunks_cover_every_directory"]
     assert not check.passed
@@ -121,7 +121,7 @@ def _chunk_partitions(config: dict, dagster_home: str, partitions: list[str]) ->
     cfg = parse_config(config, Path(dagster_home))
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         defs = build_defs(cfg)
-        return dg.materialize([*defs.assets, *defs.asset_checks], selection=["code_chunks"], resources=defs.resources,
+        return dg.materialize(list(defs.assets), selection=["code_chunks"], resources=defs.resources,
                               instance=instance, tags=partition_range_tags(partitions)).success
 
 

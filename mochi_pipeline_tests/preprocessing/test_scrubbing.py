@@ -142,3 +142,19 @@ def test_a_leak_in_the_final_texts_blocks_training(sample_repo, tmp_path):
     assert not check.passed and "qa cache reply.json: github_token" in check.description
     assert token not in check.description  # where and what type, never the value
     assert not result.asset_materializations_for_node("fine_tuned_adapter")  # blocked
+
+
+def test_the_leak_scan_runs_the_config_file_rules_where_a_text_came_from_a_config_file(tmp_path):
+    from mochi_pipeline.data_generation.leak_scan import scan
+
+    token = values(random.Random())["config_token"]
+    text = f"service:\n  api_token: {token}\n"  # unquoted: a secret only in a config file
+    assert Scrubber(ScrubSettings()).find(text, "") == []  # what a path-blind scan would miss
+    # Planted past the scrubber (as a model-written reply would be), in a row cut from a config file.
+    report = scan([("train row 7 (response)", text, "deploy/app.yaml"), ("train row 8 (response)", text, "")],
+                  ScrubSettings(), tmp_path)
+    assert report.where == ["train row 7 (response): token"] and token not in " ".join(report.where)
+    # Found clean as code, it is still scanned as config: the clean-text cache is keyed by the path too.
+    again = scan([("eval row 1 (text)", text, "app.py"), ("eval row 2 (text)", text, "conf/app.yml")],
+                 ScrubSettings(), tmp_path)
+    assert again.where == ["eval row 2 (text): token"]

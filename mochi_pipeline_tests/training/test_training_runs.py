@@ -422,3 +422,17 @@ def test_the_output_head_runs_only_where_the_loss_looks_and_changes_nothing(tmp_
     assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(our_grads, their_grads, strict=True))
     assert any(g.abs().sum() > 0 for g in our_grads)
+
+
+def test_a_damaged_record_of_the_served_model_is_an_error_naming_the_file_and_the_fix(tmp_path):
+    import dagster as dg
+
+    from mochi_pipeline.training.assets import read_accepted
+
+    assert read_accepted(tmp_path) is None  # before the first accepted model: compared with the base only
+    record = tmp_path / "training" / "accepted.json"
+    record.parent.mkdir()
+    record.write_text('{"kind": "AcceptedModel", "adapter_path": ')  # cut off by a full disk
+    with pytest.raises(dg.Failure) as err:
+        read_accepted(tmp_path)
+    assert str(record) in err.value.description and "delete it" in err.value.description
