@@ -38,7 +38,7 @@ def _project(sample_repo, tmp_path, **sections) -> Path:
     shutil.copytree(sample_repo, repo)
     (repo / ".gitignore").write_text(".mochi/\n")
     (repo / "mochi.yaml").write_text(yaml.safe_dump({
-        "generation": {"eval_time_share": 0.3}, "training": PROJECT_TRAINING, **sections}))
+        "generation": {"eval_time_share": 0.3}, "training": PROJECT_TRAINING} | sections))
     return repo
 
 
@@ -114,3 +114,14 @@ def test_a_gguf_that_fails_verification_is_never_served(sample_repo, tmp_path):
     with dg.DagsterInstance.from_config(home) as instance:
         for name in ("ollama_modelfile", "assist_evaluation", "completion_evaluation"):
             assert not instance.fetch_materializations(dg.AssetKey(name), limit=1).records, name
+
+
+def test_a_lora_export_that_does_not_reproduce_the_merged_model_fails_the_run(sample_repo, tmp_path):
+    # A LoRA (the gate off: on the 20-step test base a few LoRA steps barely move perplexity) and a tolerance tighter
+    # than f16's rounding: base + LoRA in llama.cpp cannot match the merged model within it.
+    repo = _project(sample_repo, tmp_path, export={"quantizations": ["f16"], "max_logit_diff_f16": 1e-9},
+                    training={**PROJECT_TRAINING, "method": "lora", "learning_rate": 1e-3, "quality_gate": False})
+    run = mochi(repo, "run", check=False)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "check lora_reproduces_merged_model on gguf_lora_adapter failed" in run.stderr
+    assert check_results(repo)["gguf_lora_adapter:lora_reproduces_merged_model"] is False

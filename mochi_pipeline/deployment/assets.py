@@ -116,10 +116,16 @@ def build_defs(export: ExportSettings, paths: ProjectPaths, adapter: bool = True
                           evaluation_report: EvaluationReport) -> Iterator:
         """The accepted LoRA adapter as a GGUF LoRA (llama.cpp `--lora`) plus its base model as GGUF."""
         refuse_when_blocked(context)
+        if not evaluation_report.accepted:
+            raise dg.Failure(description=evaluation_report.rejection())
         still_there = lambda r: r.skipped or _files_exist(r.path, r.base_gguf_path)  # noqa: E731
         if (events := reuse(context, root, still_valid=still_there)) is not None:
             yield from events
             return
+        if (fine_tuned_adapter.method == "full") == adapter:  # mochi.yaml changed since: its check is another one
+            raise dg.Failure(description=f"fine_tuned_adapter was trained with method '{fine_tuned_adapter.method}', "
+                             "but training.method in mochi.yaml is now another: rebuild fine_tuned_adapter first "
+                             "(`mochi run`).")
         if fine_tuned_adapter.method == "full":
             reason = "training.method is 'full': the whole model was trained, there is no adapter (use gguf_model)."
             context.log.info(reason)

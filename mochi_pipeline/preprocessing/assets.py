@@ -219,8 +219,6 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
         partitions_def=CODE_PARTITIONS,
         backfill_policy=dg.BackfillPolicy.multi_run(chunking.partitions_per_run),
         check_specs=[
-            dg.AssetCheckSpec("code_chunks_within_budget", asset="code_chunks",
-                              description="Every chunk has at most chunking.max_tokens tokens."),
             dg.AssetCheckSpec("code_chunks_cover_every_directory", asset="code_chunks",
                               description="Every directory holding code has a partition (registered by the "
                               "commit sensor and by every mochi command)."),
@@ -289,12 +287,8 @@ def build_defs(chunking: ChunkingSettings, dedup: DedupSettings, filters: Filter
                 "skipped_files_by_reason": dg.MetadataValue.json(dict(sorted(skipped.items()))),
                 "dropped_by_reason": dg.MetadataValue.json({"punctuation_only": stats.dropped_punctuation}),
             })
-        over = [f"{c.path}:{c.start_line} ({c.n_tokens})" for c in chunks if c.n_tokens > chunking.max_tokens]
         missing = dict(sorted(unregistered.items()))
         yield from checked(output, [
-            dg.AssetCheckResult(check_name="code_chunks_within_budget", passed=not over,
-                                metadata={"over_budget": len(over), "max_tokens": chunking.max_tokens,
-                                          "examples": dg.MetadataValue.json(over[:10])}),
             dg.AssetCheckResult(
                 check_name="code_chunks_cover_every_directory", passed=not missing,
                 metadata={"files_by_unregistered_directory": dg.MetadataValue.json(missing)},

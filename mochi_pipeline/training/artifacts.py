@@ -54,6 +54,14 @@ class EvaluationReport(Record):
     adapter_path: str = Field("", description="The fine-tuned model this report judged.")
 
 
+    def rejection(self) -> str:
+        """What a merge or export of a rejected model says instead (the record's own verdict: it holds even when the
+        run history that holds the check's result is gone)."""
+        return (f"The quality gate rejected the fine-tuned model: {self.gate_reason}. Nothing is merged or exported; "
+                "the model exported before stays in place. Change the training settings or the data and run again "
+                "(or set training.quality_gate: false to export anyway).")
+
+
 class AcceptedModel(Record):
     """The last fine-tuned model that passed the quality gate: what retraining continues and must beat."""
 

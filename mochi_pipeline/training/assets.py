@@ -272,6 +272,8 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
                      fine_tuned_adapter: FineTunedAdapter, evaluation_report: EvaluationReport) -> Iterator:
         """The accepted adapter merged into the base: one safetensors checkpoint with tokenizer and model card."""
         refuse_when_blocked(context)
+        if not evaluation_report.accepted:
+            raise dg.Failure(description=evaluation_report.rejection())
         if (events := reuse(context, root, still_valid=lambda r: Path(r.path).is_dir())) is not None:
             yield from events
             return

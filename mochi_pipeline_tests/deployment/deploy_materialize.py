@@ -18,7 +18,7 @@ def store_upstream(artifacts: Path, key: str, record: Record) -> None:
 def materialize_deployment(tmp: Path, model_dir: Path, adapter_dir: Path, export: dict, selection: list[str],
                            method: str = "lora", accepted: bool = True, raise_on_error: bool = True):
     """Materialize deployment assets (and their checks) on the tiny model, under ``tmp``."""
-    cfg = project_config(tmp, repo={"source": str(tmp)}, export=export)
+    cfg = project_config(tmp, repo={"source": str(tmp)}, export=export, training={"method": method})
     artifacts = cfg.artifacts_path
     store_upstream(artifacts, "merged_model", MergedModel(path=str(model_dir), base_name="tiny", method="lora"))
     base = BaseModelArtifact(name="tiny", path=str(model_dir))

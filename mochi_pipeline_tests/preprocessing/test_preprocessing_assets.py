@@ -29,7 +29,7 @@ def test_materialize_preprocessing_on_sample_repo(sample_repo, tmp_path):
     result = materialize(cfg, ASSETS)
     assert result.success
     assert _checks(result) == {"source_files_found": True, "clean_files_found": True,
-                               "code_chunks_within_budget": True, "code_chunks_cover_every_directory": True}
+                               "code_chunks_cover_every_directory": True}
 
     stored = tmp_path / "artifacts" / "assets"
     chunks = chunks_of(result)
