@@ -157,6 +157,7 @@ def test_a_worse_model_is_blocked_and_the_exported_one_stays(sample_repo, tmp_pa
     report = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json")
     assert not report.accepted
     assert check_results(repo)["evaluation_report:quality_gate"] is False
+    assert check_results(repo)["fine_tuned_adapter:training_loss_decreased"] is False  # diverged: it went up
 
     again = mochi(repo, "run", check=False)  # the rejection stands; nothing below it is attempted again
     assert again.returncode == 2 and "held assets back" in again.stderr
@@ -166,3 +167,20 @@ def test_a_worse_model_is_blocked_and_the_exported_one_stays(sample_repo, tmp_pa
     from mochi_pipeline.cli import _exported_gguf
 
     assert _exported_gguf(load_config(repo / "mochi.yaml"), "q8_0") == served
+
+
+def test_a_model_on_a_new_base_is_still_compared_with_the_served_one_in_bits_per_byte(sample_repo, tmp_path):
+    from mochi_pipeline_tests.training.store_project import TEST_TINY_STEPS
+
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    write_config(repo)
+    mochi(repo, "run")
+    served = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json").adapter_path
+    write_config(repo, tiny_pretrain_steps=TEST_TINY_STEPS + 5)  # another base: its own weights, a new path
+    mochi(repo, "run", check=False)  # accepted or not: either way the served model was compared
+    report = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json")
+    assert report.metrics["previous_path"] == served and report.metrics["previous_base"]
+    assert report.metrics["previous"]["overall"]["bits_per_byte"] > 0
+    assert "bits per byte" in report.gate_reason and "another base" in report.gate_reason
+    assert "compare bits per byte, not perplexity" in report.markdown

@@ -28,7 +28,7 @@ from mochi_pipeline.training.artifacts import (
     FineTunedAdapter,
     MergedModel,
 )
-from mochi_pipeline.training.base_models import BaseModelError, resolve_base
+from mochi_pipeline.training.base_models import BaseModelError, ResolvedBase, resolve_base
 from mochi_pipeline.training.packaged_bases import PACKAGED
 from mochi_pipeline.training.settings import TrainingSettings
 from mochi_pipeline.training.sft_data import DatasetError, dataset_dir, load_dataset_dict
@@ -205,15 +205,17 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
             return
         final = Path(fine_tuned_adapter.path)
         accepted = read_accepted(root)
-        previous, not_compared = None, ""
+        previous, previous_base, not_compared = None, None, ""
         if accepted is not None and Path(accepted.adapter_path) != final:
+            earlier = trainer.TrainingResult.load(accepted.adapter_path).base_path if _files_there(accepted) else ""
             if not _files_there(accepted):
                 not_compared = f"its files at {accepted.adapter_path} are gone"
-            elif (earlier := trainer.TrainingResult.load(accepted.adapter_path).base_path) != base_model.path:
-                not_compared = (f"it was trained on another base ({earlier}), and perplexities of two tokenizers do "
-                                "not compare")
+            elif earlier != base_model.path and accepted.method != "full" and not Path(earlier).is_dir():
+                not_compared = f"it was trained on another base, whose files at {earlier} are gone"
             else:
                 previous = accepted
+                if earlier != base_model.path:  # compared in bits per byte, each model with its own tokenizer
+                    previous_base = ResolvedBase(f"the base at {earlier}", earlier, "", (), None, None)
         if not_compared:
             not_compared = (f"Not compared with the model being served (accepted in run {accepted.run_id}): "
                             f"{not_compared}. The gate compared with the base model only.")
@@ -224,7 +226,7 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
                 load_dataset_dict(training_dataset), base_model.resolved(), final, fine_tuned_adapter.method,
                 training, out_dir, log=step_log(context), cache_dir=runs_dir.parent / "base_scores",
                 previous=Path(previous.adapter_path) if previous else None,
-                previous_method=previous.method if previous else "",
+                previous_method=previous.method if previous else "", previous_base=previous_base,
             )
         except (DatasetError, ValueError) as err:
             raise dg.Failure(description=str(err)) from None

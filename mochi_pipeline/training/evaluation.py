@@ -186,12 +186,14 @@ def base_scores_key(base: ResolvedBase, tokenizer_dir: Path, rows: list[dict], s
 def evaluate(
     data: datasets.DatasetDict, base: ResolvedBase, final_dir: Path, method: str, settings: TrainingSettings,
     out_dir: Path, log: Callable[[object], None] = print, previous: Path | None = None, previous_method: str = "",
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, previous_base: ResolvedBase | None = None,
 ) -> dict:
     """Score the base, the fine-tuned model and ``previous`` (the model it would replace) on the eval split.
 
     Writes markdown, PNG and JSON into ``out_dir`` and returns the report (``previous`` is None without one).
     With ``cache_dir``, the base's scores are reused from an earlier evaluation with the same inputs.
+    ``previous_base``: the base ``previous`` was trained on, when it is another one: it is scored with its own
+    tokenizer on the same rows, and ``gate`` then compares bits per byte (perplexities of two tokenizers do not).
     """
     tokenizer = base_models.load_tokenizer(ResolvedBase(base.name, str(final_dir), "", (), None, None))
     formatter = Formatter.for_base(base, tokenizer, settings.fim)
@@ -217,8 +219,15 @@ def evaluate(
               "previous_path": str(previous or ""), "n_examples": len(rows)}
     if previous is not None:
         log(f"Scoring the model it would replace ({previous})")
-        report["previous"] = score(load_tuned(base, previous, previous_method), tokenizer, formatter, rows, settings,
-                                   log, "model it would replace").summary()
+        p_base, p_tokenizer, p_formatter, p_rows = base, tokenizer, formatter, rows
+        if previous_base is not None:
+            p_base = previous_base
+            p_tokenizer = base_models.load_tokenizer(ResolvedBase(p_base.name, str(previous), "", (), None, None))
+            p_formatter = Formatter.for_base(p_base, p_tokenizer, settings.fim)
+            p_rows = [r for r in rows if p_formatter.usable(r)]
+            report["previous_base"] = p_base.path
+        report["previous"] = score(load_tuned(p_base, previous, previous_method), p_tokenizer, p_formatter, p_rows,
+                                   settings, log, "model it would replace").summary()
     b, t = report["base"]["overall"], report["fine_tuned"]["overall"]
     report["fine_tuned_better"] = t["perplexity"] is not None and t["perplexity"] < (b["perplexity"] or math.inf)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +253,15 @@ def gate(report: dict, tolerance: float) -> tuple[bool, str]:
     if base is not None and tuned >= base:
         return False, (f"held-out perplexity {tuned:.4g} is not below the base model's {base:.4g}: the fine-tuned "
                        "model is worse than the model it started from")
-    previous = (report.get("previous") or {}).get("overall", {}).get("perplexity")
+    replaced = (report.get("previous") or {}).get("overall", {})
+    if report.get("previous_base"):  # trained on another base: bits per byte compare across tokenizers
+        mine, theirs = report["fine_tuned"]["overall"].get("bits_per_byte"), replaced.get("bits_per_byte")
+        if mine is not None and theirs is not None and mine > theirs * (1 + tolerance):
+            return False, (f"held-out bits per byte {mine:.4g} is worse than {theirs:.4g} of the model it would "
+                           f"replace, trained on another base (by more than gate_tolerance {tolerance:.0%})")
+        than = f" and bits per byte {mine:.4g} against {theirs:.4g} of the replaced model (another base)"
+        return True, f"held-out perplexity {tuned:.4g} beats the base model's {base:.4g}{than}"
+    previous = replaced.get("perplexity")
     if previous is not None and tuned > previous * (1 + tolerance):
         return False, (f"held-out perplexity {tuned:.4g} is worse than {previous:.4g} of the model it would replace "
                        f"(by more than gate_tolerance {tolerance:.0%})")
@@ -264,7 +281,9 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"**Held-out evaluation** ({report['n_examples']} examples; perplexity and bits per byte: lower is better; "
         "next-token accuracy: higher is better"
-        + ("; *replaced* = the model now exported" if report.get("previous") else "") + ")",
+        + ("; *replaced* = the model now exported" if report.get("previous") else "")
+        + ("; it was trained on another base, with another tokenizer: compare bits per byte, not perplexity"
+           if report.get("previous_base") else "") + ")",
         "",
         "| group | n | " + " | ".join(f"{m} {name}" for m, _ in metrics for name, _ in models) + " |",
         "|---|---:|" + "---:|" * (len(metrics) * len(models)),
