@@ -157,7 +157,6 @@ def test_a_worse_model_is_blocked_and_the_exported_one_stays(sample_repo, tmp_pa
     report = read_asset_file(repo / ".mochi" / "assets" / "evaluation_report.json")
     assert not report.accepted
     assert check_results(repo)["evaluation_report:quality_gate"] is False
-    assert check_results(repo)["fine_tuned_adapter:training_loss_decreased"] is False  # diverged: it went up
 
     again = mochi(repo, "run", check=False)  # the rejection stands; nothing below it is attempted again
     assert again.returncode == 2 and "held assets back" in again.stderr
