@@ -23,6 +23,7 @@ from mochi_pipeline.data_generation.settings import GenerationSettings, QASettin
 from mochi_pipeline.incremental import checked, reuse
 from mochi_pipeline.metadata import md_table, png_markdown, records_hash
 from mochi_pipeline.paths import ProjectPaths
+from mochi_pipeline.preprocessing.cleaning import CLEANER_VERSION
 from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.settings import ScrubSettings
 from mochi_pipeline.records import Chunk, CIFailure, Commit, DocSection, IssueThread, TrainingExample
@@ -179,16 +180,23 @@ def qa_writer(settings: QASettings) -> QALLM:
     return OpenAICompatibleQA.from_settings(settings) if settings.base_url else OfflineQA()
 
 
+def _scanned_as(generator: str, path: str) -> str:
+    """The path a text is scanned as: its file's for a completion row (one file's code, scrubbed upstream with that
+    path), none for the rest, which mix texts scrubbed each with its own path or none (a commit's message and the
+    diffs of "a.py, setup.cfg": read as one, the config rules of the last name would misfire on all of it)."""
+    return path if generator == completion_logic.GENERATOR else ""
+
+
 def _final_texts(rows: dict[str, list[dict]], sources: dict[str, list[TrainingExample]], qa_cache: Path):
     """(where, text, source path) of every text that can reach the model: split rows, generator outputs, replies."""
     for split, items in rows.items():
         for r in items:
             for column in ("instruction", "context", "response", "text"):
-                yield f"{split} row {r['id']} ({column})", r[column], r["path"]
+                yield f"{split} row {r['id']} ({column})", r[column], _scanned_as(r["generator"], r["path"])
     for name, examples in sources.items():
         for i, ex in enumerate(examples):
             for column in ("instruction", "context", "response", "raw_text"):
-                yield f"{name} #{i} ({column})", getattr(ex, column), ex.path
+                yield f"{name} #{i} ({column})", getattr(ex, column), _scanned_as(ex.generator, ex.path)
     for reply in sorted(qa_cache.glob("*.json")) if qa_cache.is_dir() else []:
         yield f"qa cache {reply.name}", reply.read_text(encoding="utf-8", errors="replace"), ""
 
@@ -317,7 +325,7 @@ def build_defs(gen: GenerationSettings, scrub: ScrubSettings, paths: ProjectPath
         group_name=GROUP,
         kinds={"huggingface", "json"},
         code_version=f"{LOGIC_VERSION}-{gen.signature('seed', 'eval_time_share', 'eval_random_share', 'dataset')}"
-                     f"-{scrub.signature()}",
+                     f"-{scrub.signature()}-scan{leak_scan.SCAN_VERSION}-{CLEANER_VERSION}",
         check_specs=[dg.AssetCheckSpec(name, asset="training_dataset", description=text,
                                        blocking=name == "no_secrets_in_training_data")
                      for name, text in CHECKS.items()],

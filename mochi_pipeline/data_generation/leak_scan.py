@@ -3,7 +3,7 @@
 Whatever reaches the dataset splits, the generators' outputs or the Q&A reply cache went through
 ``clean_files``/``clean_commits`` first, so a hit here means a leak (or a model-written secret in a
 Q&A reply) and blocks training. A hit is reported by type and where it is, never by its value.
-Each text is scanned as from the file it came from (a row's ``path``), so the rules that hold only in
+A text cut from one file is scanned as from that file (its ``path``), so the rules that hold only in
 config files (unquoted assignments, high-entropy strings) run where they ran upstream: the scan is
 the full detector, not a weaker copy. Texts found clean before (same text and path, same detector
 settings) are not scanned again.
@@ -21,6 +21,10 @@ from mochi_pipeline.preprocessing.minhash import text_key
 from mochi_pipeline.preprocessing.scrubber import Scrubber
 from mochi_pipeline.preprocessing.settings import ScrubSettings
 from mochi_pipeline.storage import atomic_write_text
+
+# Bump when what the scan reads or how changes (the detector's own changes bump CLEANER_VERSION): part of
+# training_dataset's code version, so a dataset whose scan failed is rebuilt and scanned again.
+SCAN_VERSION = "2"
 
 
 @dataclass
