@@ -207,15 +207,15 @@ def build_defs(training: TrainingSettings, paths: ProjectPaths) -> dg.Definition
         accepted = read_accepted(root)
         previous, previous_base, not_compared = None, None, ""
         if accepted is not None and Path(accepted.adapter_path) != final:
-            earlier = trainer.TrainingResult.load(accepted.adapter_path).base_path if _files_there(accepted) else ""
-            if not _files_there(accepted):
+            earlier = trainer.TrainingResult.load(accepted.adapter_path).base_path if _files_there(accepted) else None
+            if earlier is None:
                 not_compared = f"its files at {accepted.adapter_path} are gone"
-            elif earlier != base_model.path and accepted.method != "full" and not Path(earlier).is_dir():
-                not_compared = f"it was trained on another base, whose files at {earlier} are gone"
-            else:
+            elif earlier == base_model.path:
                 previous = accepted
-                if earlier != base_model.path:  # compared in bits per byte, each model with its own tokenizer
-                    previous_base = ResolvedBase(f"the base at {earlier}", earlier, "", (), None, None)
+            elif accepted.method == "full" or (earlier and Path(earlier).is_dir()):  # bits per byte, own tokenizers
+                previous, previous_base = accepted, ResolvedBase(f"the base at {earlier}", earlier, "", (), None, None)
+            else:
+                not_compared = f"it was trained on another base, whose files at {earlier or '(unrecorded)'} are gone"
         if not_compared:
             not_compared = (f"Not compared with the model being served (accepted in run {accepted.run_id}): "
                             f"{not_compared}. The gate compared with the base model only.")

@@ -225,7 +225,7 @@ def evaluate(
             p_tokenizer = base_models.load_tokenizer(ResolvedBase(p_base.name, str(previous), "", (), None, None))
             p_formatter = Formatter.for_base(p_base, p_tokenizer, settings.fim)
             p_rows = [r for r in rows if p_formatter.usable(r)]
-            report["previous_base"] = p_base.path
+            report["previous_base"] = p_base.path or "(unrecorded)"
         report["previous"] = score(load_tuned(p_base, previous, previous_method), p_tokenizer, p_formatter, p_rows,
                                    settings, log, "model it would replace").summary()
     b, t = report["base"]["overall"], report["fine_tuned"]["overall"]
@@ -259,7 +259,9 @@ def gate(report: dict, tolerance: float) -> tuple[bool, str]:
         if mine is not None and theirs is not None and mine > theirs * (1 + tolerance):
             return False, (f"held-out bits per byte {mine:.4g} is worse than {theirs:.4g} of the model it would "
                            f"replace, trained on another base (by more than gate_tolerance {tolerance:.0%})")
-        than = f" and bits per byte {mine:.4g} against {theirs:.4g} of the replaced model (another base)"
+        than = (f" and bits per byte {mine:.4g} against {theirs:.4g} of the replaced model (another base)"
+                if mine is not None and theirs is not None else " (the replaced model, on another base: no bits per "
+                "byte to compare)")
         return True, f"held-out perplexity {tuned:.4g} beats the base model's {base:.4g}{than}"
     previous = replaced.get("perplexity")
     if previous is not None and tuned > previous * (1 + tolerance):
